@@ -1,0 +1,12 @@
+//! artgen's build engine: turns an ArtifactGenerator spec plus source trees into byte-reproducible
+//! tar.gz artifacts. The data flow is `fetch → stage → (transform) → pack`; the controller and the CLI
+//! both drive it through [`build`]. This crate never depends on Kubernetes.
+
+pub mod error;
+pub mod fetch;
+pub mod pack;
+pub mod spec;
+pub mod stage;
+pub mod validate;
+
+pub use error::{Error, ErrorKind, Result};
