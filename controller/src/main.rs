@@ -1,1 +1,5 @@
-fn main() {}
+//! The `artgen` binary: local CLI and (with later subcommands) the controller.
+
+fn main() -> std::process::ExitCode {
+    artgen::cli::main()
+}

@@ -25,7 +25,11 @@ pub enum Error {
     /// Admission or controller-side validation (spec §2.6, §2.7). `field` is a JSON path such as
     /// `spec.artifacts[0].copy[1].to`.
     #[error("{field}: {message}")]
-    Invalid { field: String, message: String, reason: &'static str },
+    Invalid {
+        field: String,
+        message: String,
+        reason: &'static str,
+    },
 
     /// pathPattern errors (spec §6 step 9): terminal, reason BuildFailed.
     #[error("failed to expand path pattern: {message}")]
@@ -73,11 +77,18 @@ pub enum Error {
 
 impl Error {
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Error::Invalid { field: field.into(), message: message.into(), reason: "ValidationFailed" }
+        Error::Invalid {
+            field: field.into(),
+            message: message.into(),
+            reason: "ValidationFailed",
+        }
     }
 
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
-        Error::Io { context: context.into(), source }
+        Error::Io {
+            context: context.into(),
+            source,
+        }
     }
 
     pub fn kind(&self) -> ErrorKind {

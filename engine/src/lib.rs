@@ -10,3 +10,10 @@ pub mod stage;
 pub mod validate;
 
 pub use error::{Error, ErrorKind, Result};
+mod build;
+
+pub use build::{
+    BuildInput, BuildOptions, BuildOutput, BuiltArtifact, CONTROLLER_LABELS, SourceInput, build, expand,
+    pack_to_file, referenced_aliases,
+};
+pub use error::chain;

@@ -214,7 +214,11 @@ pub fn parse_manifest(text: &str) -> Result<Manifest, String> {
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner().to_string();
-        if path.is_empty() || path == "." { inner } else { format!("{path}: {inner}") }
+        if path.is_empty() || path == "." {
+            inner
+        } else {
+            format!("{path}: {inner}")
+        }
     })
 }
 

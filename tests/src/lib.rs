@@ -1,4 +1,10 @@
 //! Test harness shared by artgen's test suites. It depends on neither the engine nor the controller:
 //! callers pass in what it needs.
 
+pub mod archive;
 pub mod cases;
+#[cfg(feature = "control-plane")]
+pub mod control_plane;
+#[cfg(feature = "control-plane")]
+pub mod fixtures;
+pub mod source_server;

@@ -1,0 +1,147 @@
+//! Command-line interface (spec §12). `build` and `validate` use the engine only.
+
+mod build;
+mod validate;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+/// Exit codes of `build` and `validate` (spec §12.3).
+pub mod exit {
+    /// Invalid manifest, unusable source content or build error.
+    pub const FAILURE: u8 = 1;
+    /// Usage error.
+    pub const USAGE: u8 = 2;
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "artgen", version, about = "Flux ArtifactGenerator, rebuilt in Rust")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build the artifacts of a generator from local directories, tarballs or URLs.
+    Build(build::Args),
+    /// Check a generator manifest against admission and controller-side validation.
+    Validate(validate::Args),
+}
+
+/// A failure of a subcommand: its exit code and the one-line message printed last on stderr.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            code: exit::USAGE,
+            message: message.into(),
+        }
+    }
+
+    pub fn failed(message: impl Into<String>) -> Self {
+        Failure {
+            code: exit::FAILURE,
+            message: message.into(),
+        }
+    }
+}
+
+pub fn main() -> ExitCode {
+    // reqwest is built without a default crypto provider so that only ring is linked.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Build(args) => build::run(args),
+        Command::Validate(args) => validate::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("error: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+/// Parses a Kubernetes-style quantity (`100Mi`, `1Gi`, `5G`, `1024`) into bytes.
+pub fn parse_quantity(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, suffix) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid quantity '{s}'"))?;
+    let mult: u64 = match suffix {
+        "" => 1,
+        "k" => 1000,
+        "M" => 1000_u64.pow(2),
+        "G" => 1000_u64.pow(3),
+        "T" => 1000_u64.pow(4),
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return Err(format!("invalid quantity '{s}': unknown suffix '{suffix}'")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("quantity '{s}' is too large"))
+}
+
+/// Parses a Go-style duration (`750ms`, `5s`, `1m30s`, `1h`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let err = || format!("invalid duration '{s}'");
+    let mut rest = s.trim();
+    if rest == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let split = rest
+            .find(|c: char| !c.is_ascii_digit() && c != '.')
+            .ok_or_else(err)?;
+        let (num, tail) = rest.split_at(split);
+        let n: f64 = num.parse().map_err(|_| err())?;
+        let unit_len = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let secs = match unit {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return Err(err()),
+        };
+        total += Duration::from_secs_f64(n * secs);
+        rest = tail;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn verify_cli() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn quantities_and_durations() {
+        assert_eq!(parse_quantity("100Mi"), Ok(100 << 20));
+        assert_eq!(parse_quantity("1G"), Ok(1_000_000_000));
+        assert_eq!(parse_quantity("17"), Ok(17));
+        assert!(parse_quantity("1Zi").is_err() && parse_quantity("").is_err());
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("750ms"), Ok(Duration::from_millis(750)));
+        assert!(parse_duration("5x").is_err() && parse_duration("s").is_err());
+    }
+}
