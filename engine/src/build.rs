@@ -183,10 +183,7 @@ async fn fetch_source(
             })
         }
         SourceInput::Url(url) => {
-            let (url, pin) = match url.split_once('#') {
-                Some((u, frag)) => (u, Some(frag)),
-                None => (url.as_str(), None),
-            };
+            let (url, pin) = fetch::split_pin(url).map_err(source_err)?;
             let (unpacked, dir) = fetch::http::fetch(
                 client,
                 url,

@@ -6,6 +6,7 @@
 use std::collections::HashSet;
 
 use crate::error::Error;
+use crate::fetch::is_tarball_name;
 use crate::spec::{
     ArtifactGeneratorSpec, CopyOperation, OutputArtifact, SourceReference, Strategy, Transform,
 };
@@ -119,12 +120,6 @@ pub fn split_ref(s: &str) -> Option<(&str, &str)> {
 /// Whether `s` matches `^@(alias)/(.*)$` (RE2: `.` excludes newlines).
 fn is_source_ref(s: &str) -> bool {
     split_ref(s).is_some_and(|(alias, path)| is_alias(alias) && !path.contains('\n'))
-}
-
-/// `.tar.gz` / `.tgz`, ASCII case-insensitive (§3.10).
-pub fn is_tarball_name(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    lower.ends_with(".tar.gz") || lower.ends_with(".tgz")
 }
 
 /// The cleaned path leaves its root (first component `..`), or the raw path is absolute (§2.7 rows 8–9).
@@ -687,8 +682,6 @@ mod tests {
         assert_eq!(split_ref("@git/"), Some(("git", "")));
         assert_eq!(split_ref("@git"), None);
         assert_eq!(split_ref("git/a"), None);
-        assert!(is_tarball_name("a.tgz") && is_tarball_name("A.TAR.GZ") && is_tarball_name("x.Tgz"));
-        assert!(!is_tarball_name("a.zip") && !is_tarball_name("a.tar") && !is_tarball_name("tgz"));
         for p in ["/x", "..", "../x", "a/../../x", "../", "//x"] {
             assert!(escapes_root(p), "{p}");
         }

@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use artgen_engine::fetch::HttpOptions;
-use artgen_engine::{BuildInput, BuildOptions, SourceInput, stage};
+use artgen_engine::fetch::{is_tarball_name, split_pin};
+use artgen_engine::{BuildInput, BuildOptions, SourceInput};
 use serde::Serialize;
 
 use super::{Failure, parse_duration, parse_quantity};
@@ -81,14 +82,7 @@ fn pairs(flag: &str, values: &[String]) -> Result<BTreeMap<String, String>, Fail
 
 fn source_input(alias: &str, value: &str) -> Result<SourceInput, Failure> {
     if value.starts_with("http://") || value.starts_with("https://") {
-        if let Some((_, pin)) = value.split_once('#') {
-            let hex = pin.strip_prefix("sha256:").unwrap_or("");
-            if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(Failure::usage(format!(
-                    "--source {alias}: URL fragment must be #sha256:<64 hex digits>, got '#{pin}'"
-                )));
-            }
-        }
+        split_pin(value).map_err(|e| Failure::usage(format!("--source {alias}: {e}")))?;
         return Ok(SourceInput::Url(value.to_owned()));
     }
     let path = Path::new(value);
@@ -96,7 +90,7 @@ fn source_input(alias: &str, value: &str) -> Result<SourceInput, Failure> {
         .map_err(|e| Failure::usage(format!("--source {alias}: cannot use '{value}': {e}")))?;
     if md.is_dir() {
         Ok(SourceInput::Dir(path.to_owned()))
-    } else if md.is_file() && stage::is_tarball_name(value) {
+    } else if md.is_file() && is_tarball_name(value) {
         Ok(SourceInput::Tarball(path.to_owned()))
     } else {
         Err(Failure::usage(format!(

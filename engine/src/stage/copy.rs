@@ -8,7 +8,7 @@ use super::pattern::{self, Glob};
 use super::tree::{Conflict, Content, Node, StagedFile, Tree};
 use super::walk::{Kind, Resolved, SourceTree, Unusable, Warnings};
 use super::{CopyError, Scratch};
-use crate::fetch::{self, ExtractMode, Limits};
+use crate::fetch::{self, ExtractMode, Limits, is_tarball_name};
 use crate::spec::{ARTIFACT_PREFIX, CopyOperation, Strategy};
 
 /// A parsed `from`/`to` pair (spec §3.2).
@@ -41,12 +41,6 @@ pub(crate) fn parse(op: &CopyOperation) -> Option<Parsed<'_>> {
         to_is_dir: dest.is_empty() || raw_dest.ends_with('/'),
         dest,
     })
-}
-
-/// `.tar.gz` / `.tgz`, ASCII case-insensitive (spec §3.10).
-pub fn is_tarball_name(path: &str) -> bool {
-    let lower = path.to_ascii_lowercase();
-    lower.ends_with(".tar.gz") || lower.ends_with(".tgz")
 }
 
 fn join(a: &str, b: &str) -> String {

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
 
-pub use copy::{Env, is_tarball_name};
+pub use copy::Env;
 pub use tree::{Content, Node, StagedFile, Tree};
 pub use walk::{SourceTree, Warnings};
 
