@@ -662,7 +662,8 @@ fn write_tree(root: &Path, order: &[usize], file_mode: u32, dir_mode: u32, mtime
     // Directories last: creating children changes their mtime.
     let mut dirs: Vec<PathBuf> = TREE
         .iter()
-        .filter_map(|(p, _, _)| p.ends_with('/').then(|| root.join(p.trim_end_matches('/'))))
+        .filter(|(p, _, _)| p.ends_with('/'))
+        .map(|(p, _, _)| root.join(p.trim_end_matches('/')))
         .collect();
     dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
     for d in dirs {

@@ -947,7 +947,12 @@ pub fn list_raw(bytes: &[u8]) -> io::Result<Vec<RawEntry>> {
         if block.iter().all(|&b| b == 0) {
             break;
         }
-        let size = parse_octal(&block[124..136]).ok_or_else(|| bad("size"))?;
+        let size_field = &block[124..136];
+        let size = if size_field[0] & 0x80 != 0 {
+            size_field[4..].iter().fold(0u64, |n, &b| (n << 8) | b as u64)
+        } else {
+            parse_octal(size_field).ok_or_else(|| bad("size"))?
+        };
         out.push(RawEntry {
             typeflag: block[156],
             name: String::from_utf8_lossy(cstr(&block[0..100])).into_owned(),
