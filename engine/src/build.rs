@@ -144,7 +144,7 @@ async fn fetch_source(
 ) -> Result<Fetched> {
     let source_err = |source| Error::Source {
         alias: alias.to_owned(),
-        source,
+        source: Box::new(source),
     };
     let io_err = |e| Error::io(format!("source '{alias}'"), e);
     match input {
@@ -158,24 +158,17 @@ async fn fetch_source(
             let (path, limits) = (path.clone(), opts.source_limits.clone());
             let unpacked = tokio::task::spawn_blocking({
                 let dest = dest.clone();
-                move || -> Result<_> {
-                    std::fs::create_dir(&dest).map_err(|e| Error::io("creating work directory", e))?;
+                move || {
+                    let work = |e| fetch::FetchError::io("creating work directory", e);
+                    std::fs::create_dir(&dest).map_err(work)?;
                     let dir = cap_std::fs::Dir::open_ambient_dir(&dest, cap_std::ambient_authority())
-                        .map_err(|e| Error::io("opening work directory", e))?;
-                    fetch::unpack_file(&path, &dir, ExtractMode::Source, &limits).map_err(|source| {
-                        Error::Source {
-                            alias: String::new(),
-                            source,
-                        }
-                    })
+                        .map_err(work)?;
+                    fetch::unpack_file(&path, &dir, ExtractMode::Source, &limits)
                 }
             })
             .await
             .map_err(|e| Error::io("unpacking", io::Error::other(e)))?
-            .map_err(|e| match e {
-                Error::Source { source, .. } => source_err(source),
-                other => other,
-            })?;
+            .map_err(source_err)?;
             Ok(Fetched {
                 tree: stage::open_source(alias, &dest).map_err(io_err)?,
                 revision: Some(format!("local@{}", unpacked.digest)),

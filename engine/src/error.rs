@@ -40,7 +40,7 @@ pub enum Error {
     Source {
         alias: String,
         #[source]
-        source: crate::fetch::FetchError,
+        source: Box<crate::fetch::FetchError>,
     },
 
     /// A copy operation failed (spec §3.1: names the artifact, the index and from/to).
@@ -51,7 +51,7 @@ pub enum Error {
         from: String,
         to: String,
         #[source]
-        source: crate::stage::CopyError,
+        source: Box<crate::stage::CopyError>,
     },
 
     /// The spec asks for transforms, which this build cannot run yet.

@@ -140,7 +140,7 @@ impl FetchError {
         }
     }
 
-    pub(crate) fn io(context: impl Into<String>, source: io::Error) -> Self {
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         FetchError::Io {
             context: context.into(),
             source,

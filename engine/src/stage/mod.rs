@@ -115,7 +115,7 @@ pub fn stage(artifact: &OutputArtifact, env: &Env<'_>, warnings: &mut Warnings) 
             index,
             from: op.from.clone(),
             to: op.to.clone(),
-            source,
+            source: Box::new(source),
         })?;
     }
     Ok(tree)

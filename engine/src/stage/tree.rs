@@ -76,9 +76,7 @@ fn segments(path: &str) -> impl Iterator<Item = &str> {
 impl Tree {
     pub fn get(&self, path: &str) -> Option<&Node> {
         let mut segs = segments(path).peekable();
-        if segs.peek().is_none() {
-            return None;
-        }
+        segs.peek()?;
         let mut cur = &self.root;
         while let Some(seg) = segs.next() {
             let node = cur.get(seg)?;
