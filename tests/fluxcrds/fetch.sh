@@ -8,6 +8,7 @@
 set -euo pipefail
 
 module=github.com/fluxcd/source-controller
+# Keep in step with FLUX_SOURCE_CONTROLLER_VERSIONS in tests/src/control_plane/binaries.rs.
 versions=${FLUX_SOURCE_CONTROLLER_VERSION:-v1.9.1 v1.8.0}
 say() { echo "fluxcrds: $*" >&2; }
 

@@ -267,6 +267,10 @@ pub fn flux_crds_dir() -> Result<PathBuf, Error> {
     }
     let script = fluxcrds_script();
     if !on_path("go") {
+        // Without Go, an earlier fetch in the module cache still does.
+        if let Some(dir) = flux_crds_in_module_cache() {
+            return Ok(dir);
+        }
         return Err(Error::Missing {
             what: "`go` on PATH, to fetch Flux's source CRDs from the source-controller Go module".into(),
             hint: format!(
@@ -300,6 +304,31 @@ pub fn flux_crds_dir() -> Result<PathBuf, Error> {
             status: out.status.to_string(),
             output: "it printed no directory".into(),
         })
+}
+
+/// The source-controller versions `tests/fluxcrds/fetch.sh` tries, in order (keep the two lists equal).
+pub const FLUX_SOURCE_CONTROLLER_VERSIONS: [&str; 2] = ["v1.9.1", "v1.8.0"];
+
+/// `${GOMODCACHE:-${GOPATH:-$HOME/go}/pkg/mod}/github.com/fluxcd/source-controller@<v>/config/crd/bases`.
+fn flux_crds_in_module_cache() -> Option<PathBuf> {
+    let modcache = env::var_os("GOMODCACHE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            let gopath = env::var_os("GOPATH")
+                .filter(|v| !v.is_empty())
+                .map(|p| env::split_paths(&p).next().unwrap_or_default())
+                .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join("go")))?;
+            Some(gopath.join("pkg/mod"))
+        })?;
+    FLUX_SOURCE_CONTROLLER_VERSIONS
+        .iter()
+        .map(|v| {
+            modcache.join(format!(
+                "github.com/fluxcd/source-controller@{v}/config/crd/bases"
+            ))
+        })
+        .find(|d| d.join("source.toolkit.fluxcd.io_gitrepositories.yaml").is_file())
 }
 
 /// Flux's source CRDs (GitRepository, OCIRepository, Bucket, HelmChart, HelmRepository, ExternalArtifact),

@@ -21,8 +21,11 @@ pub struct Certs {
     pub serving_key: String,
     pub admin_cert: String,
     pub admin_key: String,
-    /// EC P-256, PKCS#8; used for both `--service-account-key-file` and `--service-account-signing-key-file`.
+    /// EC P-256, PKCS#8, for `--service-account-signing-key-file`.
     pub service_account_key: String,
+    /// Its public key (`PUBLIC KEY` PEM), for `--service-account-key-file`. kube-apiserver 1.37 does not take
+    /// public keys out of a PKCS#8 private key file: "data does not contain any valid RSA or ECDSA public keys".
+    pub service_account_public_key: String,
 }
 
 /// Where [`Certs::write`] put the files.
@@ -31,6 +34,7 @@ pub struct CertFiles {
     pub serving_cert: PathBuf,
     pub serving_key: PathBuf,
     pub service_account_key: PathBuf,
+    pub service_account_public_key: PathBuf,
 }
 
 impl Certs {
@@ -75,6 +79,7 @@ impl Certs {
             serving_key: serving_key.serialize_pem(),
             admin_cert: admin_cert.pem(),
             admin_key: admin_key.serialize_pem(),
+            service_account_public_key: service_account_key.public_key_pem(),
             service_account_key: service_account_key.serialize_pem(),
         })
     }
@@ -86,11 +91,17 @@ impl Certs {
             serving_cert: dir.join("serving.crt"),
             serving_key: dir.join("serving.key"),
             service_account_key: dir.join("sa.key"),
+            service_account_public_key: dir.join("sa.pub"),
         };
         write(&files.ca_cert, &self.ca_cert, false)?;
         write(&files.serving_cert, &self.serving_cert, false)?;
         write(&files.serving_key, &self.serving_key, true)?;
         write(&files.service_account_key, &self.service_account_key, true)?;
+        write(
+            &files.service_account_public_key,
+            &self.service_account_public_key,
+            false,
+        )?;
         Ok(files)
     }
 }

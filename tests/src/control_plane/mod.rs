@@ -521,6 +521,10 @@ fn apiserver_args(work_dir: &Path, files: &CertFiles, etcd_url: &str, port: u16)
         format!("--etcd-servers={etcd_url}"),
         "--bind-address=127.0.0.1".into(),
         "--advertise-address=127.0.0.1".into(),
+        // Since 1.37 the lease and master-count endpoint reconcilers refuse a loopback advertise address
+        // ("cannot use public IP 127.0.0.1 with endpoint reconciler: ... may not be in the loopback range").
+        // Nothing here needs the endpoints of the `kubernetes` Service.
+        "--endpoint-reconciler-type=none".into(),
         format!("--secure-port={port}"),
         format!("--cert-dir={}", work_dir.display()),
         format!("--tls-cert-file={}", files.serving_cert.display()),
@@ -530,7 +534,7 @@ fn apiserver_args(work_dir: &Path, files: &CertFiles, etcd_url: &str, port: u16)
         format!("--service-account-issuer=https://127.0.0.1:{port}"),
         format!(
             "--service-account-key-file={}",
-            files.service_account_key.display()
+            files.service_account_public_key.display()
         ),
         format!(
             "--service-account-signing-key-file={}",
@@ -812,6 +816,11 @@ mod tests {
             certs
                 .service_account_key
                 .starts_with("-----BEGIN PRIVATE KEY-----")
+        );
+        assert!(
+            certs
+                .service_account_public_key
+                .starts_with("-----BEGIN PUBLIC KEY-----")
         );
         let text = kubeconfig::render("https://127.0.0.1:6443", &certs);
         let parsed = kube::config::Kubeconfig::from_yaml(&text).unwrap();
