@@ -2,3 +2,5 @@
 //! subcommands; the build engine lives in `artgen-engine`.
 
 pub mod cli;
+pub mod crd;
+pub mod server;

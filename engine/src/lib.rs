@@ -7,6 +7,7 @@ pub mod fetch;
 pub mod pack;
 pub mod spec;
 pub mod stage;
+pub mod store;
 pub mod validate;
 
 pub use error::{Error, ErrorKind, Result};

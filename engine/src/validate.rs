@@ -287,6 +287,9 @@ fn admit_transform(field: &str, t: &Transform) -> Result<(), Error> {
             format!("must match {DIGEST_PATTERN}"),
         ));
     }
+    if t.config.as_ref().is_some_and(|c| !c.is_object()) {
+        return Err(Error::invalid(format!("{field}.config"), "must be an object"));
+    }
     Ok(())
 }
 

@@ -1,6 +1,7 @@
 //! Command-line interface (spec §12). `build` and `validate` use the engine only.
 
 mod build;
+mod crds;
 mod validate;
 
 use std::process::ExitCode;
@@ -29,6 +30,8 @@ pub enum Command {
     Build(build::Args),
     /// Check a generator manifest against admission and controller-side validation.
     Validate(validate::Args),
+    /// Print the CustomResourceDefinitions artgen owns, for `kubectl apply -f -`.
+    Crds(crds::Args),
 }
 
 /// A failure of a subcommand: its exit code and the one-line message printed last on stderr.
@@ -61,6 +64,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Build(args) => build::run(args),
         Command::Validate(args) => validate::run(args),
+        Command::Crds(args) => crds::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
