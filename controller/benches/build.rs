@@ -33,8 +33,11 @@
 //! - peak memory: max RSS (`/usr/bin/time -f %M`) of the real `artgen build` composing the tree from a
 //!   directory source and from a URL source (fetch + compose).
 //!
-//! Contenders run interleaved, round by round, rotating which goes first, so load from other processes on
-//! the machine hits all of them alike. The final table compares medians.
+//! Contenders run interleaved, round by round, rotating which goes first, each run after an untimed
+//! `sync -f`, so load from other processes on the machine hits all of them alike; trees discarded on the
+//! target file system are deleted only at the end (see `Trash`). The final table compares wall-time
+//! medians; a second table shows the CPU time (user + system, this process and its children) of the same
+//! comparisons, and every measurement prints the load average, to tell a slow run from a busy machine.
 
 use std::cell::Cell;
 use std::collections::BTreeSet;
@@ -851,18 +854,62 @@ fn ensure_tree(data: &Path, variant: Variant) -> Result<Tree> {
 struct Stats {
     min: Duration,
     median: Duration,
+    /// Median CPU time (user + system, this process and its children) of a run.
+    cpu: Duration,
 }
 
-fn stats(times: &[Duration]) -> Stats {
-    let mut t = times.to_vec();
+fn median(mut t: Vec<Duration>) -> Duration {
     t.sort();
     let n = t.len();
-    let median = if n % 2 == 1 {
+    if n % 2 == 1 {
         t[n / 2]
     } else {
         (t[n / 2 - 1] + t[n / 2]) / 2
-    };
-    Stats { min: t[0], median }
+    }
+}
+
+fn stats(wall: &[Duration], cpu: &[Duration]) -> Stats {
+    Stats {
+        min: wall.iter().copied().min().unwrap_or_default(),
+        median: median(wall.to_vec()),
+        cpu: median(cpu.to_vec()),
+    }
+}
+
+/// CPU time used so far by this process (all threads) and its waited-for children, from /proc/self/stat
+/// (fields 14-17: utime, stime, cutime, cstime, in clock ticks).
+fn cpu_time(ticks_per_sec: u64) -> Result<Duration> {
+    let stat = fs::read_to_string("/proc/self/stat")?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    ensure!(fields.len() > 14, "unexpected /proc/self/stat: {stat}");
+    let mut ticks = 0u64;
+    for f in &fields[11..15] {
+        ticks += f
+            .parse::<u64>()
+            .with_context(|| format!("unexpected /proc/self/stat: {stat}"))?;
+    }
+    Ok(Duration::from_secs_f64(ticks as f64 / ticks_per_sec as f64))
+}
+
+fn clock_ticks() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100)
+}
+
+/// The 1-minute load average: how busy the machine was (other processes skew wall times).
+fn load() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
 }
 
 type Timed<'a> = Box<dyn FnMut() -> Result<Duration> + 'a>;
@@ -889,30 +936,37 @@ fn measure(
     settle_dir: &Path,
     contenders: &mut [Contender<'_>],
 ) -> Result<Vec<Stats>> {
-    println!("\n{title} ({runs} runs + 1 warm-up)");
+    println!("\n{title} ({runs} runs + 1 warm-up; load average {})", load());
+    let ticks = clock_ticks();
     let n = contenders.len();
-    let mut times = vec![Vec::with_capacity(runs); n];
+    let mut wall = vec![Vec::with_capacity(runs); n];
+    let mut cpu = vec![Vec::with_capacity(runs); n];
     for round in 0..=runs {
         for k in 0..n {
             let i = (round + k) % n;
             let c = &mut contenders[i];
             settle(settle_dir)?;
+            let cpu_before = cpu_time(ticks)?;
             let t = (c.run)().with_context(|| format!("{title}: {}", c.label))?;
+            let used = cpu_time(ticks)?.saturating_sub(cpu_before);
             if round > 0 {
-                times[i].push(t);
+                wall[i].push(t);
+                cpu[i].push(used);
             }
         }
     }
-    let out: Vec<Stats> = times.iter().map(|t| stats(t)).collect();
+    let out: Vec<Stats> = wall.iter().zip(&cpu).map(|(w, c)| stats(w, c)).collect();
     for (c, s) in contenders.iter().zip(&out) {
         println!(
-            "  {:<34} min {:>7.3} s   median {:>7.3} s   ({:>6.1} MB/s)",
+            "  {:<34} min {:>7.3} s   median {:>7.3} s   ({:>6.1} MB/s)   cpu {:>7.3} s",
             c.label,
             s.min.as_secs_f64(),
             s.median.as_secs_f64(),
-            bytes as f64 / 1e6 / s.median.as_secs_f64()
+            bytes as f64 / 1e6 / s.median.as_secs_f64(),
+            s.cpu.as_secs_f64()
         );
     }
+    println!("  (load average after: {})", load());
     Ok(out)
 }
 
@@ -1112,9 +1166,37 @@ fn ratio_row(metric: String, ours: String, baseline: String, ratio: f64, target:
     }
 }
 
-fn time_row(metric: String, ours: Stats, baseline: Stats, target: Option<f64>) -> Row {
-    let ratio = ours.median.as_secs_f64() / baseline.median.as_secs_f64();
-    ratio_row(metric, secs(ours.median), secs(baseline.median), ratio, target)
+/// The final tables: the targets (wall-time medians, sizes, memory) and, for information, the CPU time
+/// of the same comparisons (less sensitive to other load on the machine, blind to parallelism).
+#[derive(Default)]
+struct Report {
+    rows: Vec<Row>,
+    cpu: Vec<Row>,
+}
+
+impl Report {
+    fn push(&mut self, row: Row) {
+        self.rows.push(row);
+    }
+
+    fn time(&mut self, metric: String, ours: Stats, baseline: Stats, target: Option<f64>) {
+        let ratio = ours.median.as_secs_f64() / baseline.median.as_secs_f64();
+        let cpu_ratio = ours.cpu.as_secs_f64() / baseline.cpu.as_secs_f64();
+        self.cpu.push(ratio_row(
+            metric.clone(),
+            secs(ours.cpu),
+            secs(baseline.cpu),
+            cpu_ratio,
+            None,
+        ));
+        self.rows.push(ratio_row(
+            metric,
+            secs(ours.median),
+            secs(baseline.median),
+            ratio,
+            target,
+        ));
+    }
 }
 
 fn size_row(metric: String, ours: u64, baseline: u64, target: f64) -> Row {
@@ -1171,7 +1253,7 @@ fn bench_compose(
     tree: &Tree,
     work: &Path,
     trash: &Trash,
-    rows: &mut Vec<Row>,
+    rows: &mut Report,
 ) -> Result<()> {
     let v = tree.variant.name().to_ascii_uppercase();
     let build_work = work.join("build");
@@ -1215,18 +1297,13 @@ fn bench_compose(
         mb(tree.bytes),
         tree.files
     );
-    rows.push(time_row(
-        format!("{v} compose 1 thread vs gzip -6"),
-        s[0],
-        s[2],
-        Some(0.55),
-    ));
-    rows.push(time_row(
+    rows.time(format!("{v} compose 1 thread vs gzip -6"), s[0], s[2], Some(0.55));
+    rows.time(
         format!("{v} compose 2 threads vs pigz -p2"),
         s[1],
         s[3],
         Some(0.8),
-    ));
+    );
     rows.push(size_row(
         format!("{v} compose archive size vs gzip -6"),
         ours,
@@ -1242,7 +1319,7 @@ fn bench_decompose(
     tree: &Tree,
     work: &Path,
     trash: &Trash,
-    rows: &mut Vec<Row>,
+    rows: &mut Report,
 ) -> Result<()> {
     let v = tree.variant.name().to_ascii_uppercase();
     let build_work = work.join("build");
@@ -1290,18 +1367,13 @@ fn bench_decompose(
         mb(ours),
         mb(gzip)
     );
-    rows.push(time_row(
+    rows.time(
         format!("{v} decompose 2 threads vs pigz -p2"),
         s[0],
         s[2],
         Some(0.8),
-    ));
-    rows.push(time_row(
-        format!("{v} decompose 2 threads vs gzip -6"),
-        s[0],
-        s[1],
-        None,
-    ));
+    );
+    rows.time(format!("{v} decompose 2 threads vs gzip -6"), s[0], s[1], None);
     rows.push(size_row(
         format!("{v} decompose archive size vs gzip -6"),
         ours,
@@ -1336,7 +1408,7 @@ fn bench_fetch(
     served: &Served,
     places: &[(&'static str, PathBuf)],
     trash: &Trash,
-    rows: &mut Vec<Row>,
+    rows: &mut Report,
 ) -> Result<()> {
     let v = tree.variant.name().to_ascii_uppercase();
     let client = fetch::client();
@@ -1390,12 +1462,12 @@ fn bench_fetch(
             parent.display()
         );
         let s = measure(&title, cfg.runs, tree.bytes, parent, &mut contenders)?;
-        rows.push(time_row(
+        rows.time(
             format!("{v} fetch+verify+extract ({place}) vs curl|tar"),
             s[0],
             s[1],
             Some(0.7),
-        ));
+        );
     }
     Ok(())
 }
@@ -1435,7 +1507,7 @@ fn peak_rss(args: &[OsString], work: &Path, trash: &Trash) -> Result<(f64, Durat
     Ok((kib / 1024.0, elapsed))
 }
 
-fn bench_memory(tree: &Tree, served: &Served, work: &Path, trash: &Trash, rows: &mut Vec<Row>) -> Result<()> {
+fn bench_memory(tree: &Tree, served: &Served, work: &Path, trash: &Trash, rows: &mut Report) -> Result<()> {
     let v = tree.variant.name().to_ascii_uppercase();
     let generator = work.join("compose.yaml");
     fs::write(&generator, COMPOSE_YAML)?;
@@ -1529,7 +1601,7 @@ fn run() -> Result<()> {
     }
     let server = SourceServer::start()?;
 
-    let mut rows = Vec::new();
+    let mut rows = Report::default();
     for &variant in &cfg.variants {
         let tree = ensure_tree(&cfg.data, variant)?;
         println!(
@@ -1559,7 +1631,15 @@ fn run() -> Result<()> {
         "\nResults (medians of {} runs; ratio = ours / baseline):\n",
         cfg.runs
     );
-    print_table(&rows);
+    print_table(&rows.rows);
+    if !rows.cpu.is_empty() {
+        println!(
+            "\nFor information, CPU time medians (user + system of this process and its children; ratio = ours / baseline):\n"
+        );
+        print_table(&rows.cpu);
+    }
+    // Deleting the trash (every extracted tree of the run) takes a while on ext4.
+    println!("\nremoving this run's scratch files under {} ...", work.display());
     drop(cleanup);
     Ok(())
 }
