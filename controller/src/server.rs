@@ -252,6 +252,61 @@ async fn respond(
     (status, out, body).into_response()
 }
 
+/// Serves `/metrics` on `metrics` and `/healthz` + `/readyz` on `health` until `shutdown`. Ready means the
+/// watch caches have synced and the storage accepts writes.
+pub async fn serve_probes(
+    metrics: TcpListener,
+    health: TcpListener,
+    registry: crate::metrics::Metrics,
+    state: crate::controller::Health,
+    storage: artgen_engine::store::Storage,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let metrics_app = Router::new().route(
+        "/metrics",
+        get(move || {
+            let registry = registry.clone();
+            async move {
+                (
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                    registry.render(),
+                )
+            }
+        }),
+    );
+    let health_app = Router::new().route("/healthz", get(|| async { "ok" })).route(
+        "/readyz",
+        get(move || {
+            let (state, root) = (state.clone(), storage.root().to_owned());
+            async move {
+                let writable = tokio::task::spawn_blocking(move || tempfile::tempfile_in(&root).is_ok())
+                    .await
+                    .unwrap_or(false);
+                match (state.is_ready(), writable) {
+                    (true, true) => (StatusCode::OK, "ok"),
+                    (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "caches not synced"),
+                    (_, false) => (StatusCode::SERVICE_UNAVAILABLE, "storage not writable"),
+                }
+            }
+        }),
+    );
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stop = move || {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let m = axum::serve(metrics, metrics_app).with_graceful_shutdown(stop());
+    let h = axum::serve(health, health_app).with_graceful_shutdown(stop());
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = tx.send(true);
+    });
+    let (a, b) = tokio::join!(m.into_future(), h.into_future());
+    a.and(b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

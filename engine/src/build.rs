@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::fetch::{self, ExtractMode, HttpOptions, Limits};
@@ -81,7 +82,16 @@ pub struct BuiltArtifact {
 pub struct BuildOutput {
     pub artifacts: Vec<BuiltArtifact>,
     pub warnings: Vec<String>,
+    pub timings: Timings,
     _tmp: tempfile::TempDir,
+}
+
+/// Time spent per build stage, summed over the artifacts (the controller's stage histograms).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timings {
+    pub fetch: Duration,
+    pub stage: Duration,
+    pub pack: Duration,
 }
 
 impl BuildOutput {
@@ -227,6 +237,7 @@ pub async fn build(input: BuildInput) -> Result<BuildOutput> {
     .map_err(|e| Error::io("creating build directory", e))?;
 
     let client = fetch::http::client();
+    let fetch_started = Instant::now();
     let referenced = referenced_aliases(&spec);
     let mut fetched = BTreeMap::new();
     let jobs = sources
@@ -250,8 +261,9 @@ pub async fn build(input: BuildInput) -> Result<BuildOutput> {
         ));
     }
 
+    let fetch_time = fetch_started.elapsed();
     let tmp_path = tmp.path().to_owned();
-    let (artifacts, warnings) = tokio::task::spawn_blocking(move || {
+    let (artifacts, warnings, mut timings) = tokio::task::spawn_blocking(move || {
         build_blocking(
             &spec,
             &fetched,
@@ -263,9 +275,11 @@ pub async fn build(input: BuildInput) -> Result<BuildOutput> {
     })
     .await
     .map_err(|e| Error::io("building", io::Error::other(e)))??;
+    timings.fetch = fetch_time;
     Ok(BuildOutput {
         artifacts,
         warnings,
+        timings,
         _tmp: tmp,
     })
 }
@@ -277,8 +291,9 @@ fn build_blocking(
     origin_revisions: &BTreeMap<String, String>,
     options: &BuildOptions,
     tmp: &Path,
-) -> Result<(Vec<BuiltArtifact>, Vec<String>)> {
+) -> Result<(Vec<BuiltArtifact>, Vec<String>, Timings)> {
     let mut warnings = Warnings::default();
+    let mut timings = Timings::default();
     let trees: BTreeMap<String, SourceTree> =
         fetched.iter().map(|(a, f)| (a.clone(), f.tree.clone())).collect();
     let scratch =
@@ -312,13 +327,17 @@ fn build_blocking(
 
     let mut built = Vec::with_capacity(expanded.len());
     for (i, (art, capture_labels)) in expanded.iter().enumerate() {
+        let started = Instant::now();
         let tree = stage::stage(art, &env, &mut warnings)?;
+        let staged = Instant::now();
+        timings.stage += staged - started;
         let file = out_dir.join(format!("{i}.tar.gz"));
         let packed = pack_to_file(&tree, &file, &options.pack).map_err(|source| Error::Pack {
             artifact: art.name.clone(),
             what: "writing archive",
             source,
         })?;
+        timings.pack += staged.elapsed();
         let revision = match &art.revision {
             Some(r) => revision_of(alias_of(r), &mut warnings)?,
             None => format!("latest@{}", packed.digest),
@@ -350,7 +369,7 @@ fn build_blocking(
             file,
         });
     }
-    Ok((built, warnings.into_vec()))
+    Ok((built, warnings.into_vec(), timings))
 }
 
 fn alias_of(reference: &str) -> &str {

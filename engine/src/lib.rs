@@ -14,7 +14,7 @@ pub use error::{Error, ErrorKind, Result};
 mod build;
 
 pub use build::{
-    BuildInput, BuildOptions, BuildOutput, BuiltArtifact, CONTROLLER_LABELS, SourceInput, build, expand,
-    pack_to_file, referenced_aliases,
+    BuildInput, BuildOptions, BuildOutput, BuiltArtifact, CONTROLLER_LABELS, SourceInput, Timings, build,
+    expand, pack_to_file, referenced_aliases,
 };
 pub use error::chain;

@@ -1,6 +1,8 @@
-//! Command-line interface (spec §12). `build` and `validate` use the engine only.
+//! Command-line interface (spec §12). `build` and `validate` use the engine only; `controller` and `crds`
+//! use kube.
 
 mod build;
+pub mod controller;
 mod crds;
 mod validate;
 
@@ -32,6 +34,8 @@ pub enum Command {
     Validate(validate::Args),
     /// Print the CustomResourceDefinitions artgen owns, for `kubectl apply -f -`.
     Crds(crds::Args),
+    /// Run the ArtifactGenerator controller.
+    Controller(Box<controller::Args>),
 }
 
 /// A failure of a subcommand: its exit code and the one-line message printed last on stderr.
@@ -65,6 +69,7 @@ pub fn main() -> ExitCode {
         Command::Build(args) => build::run(args),
         Command::Validate(args) => validate::run(args),
         Command::Crds(args) => crds::run(args),
+        Command::Controller(args) => controller::run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

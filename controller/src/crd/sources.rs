@@ -11,7 +11,6 @@
 use std::borrow::Cow;
 
 use artgen_engine::spec::SourceKind;
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use serde::{Deserialize, Serialize};
 
@@ -56,7 +55,9 @@ pub fn plural(kind: SourceKind) -> &'static str {
 
 impl kube::Resource for FluxSource {
     type DynamicType = SourceKind;
-    type Scope = NamespaceResourceScope;
+    // Dynamic, because kube's `Api::namespaced_with` (one type, several kinds) requires it; every source kind
+    // is namespaced.
+    type Scope = kube::core::DynamicResourceScope;
 
     fn kind(kind: &SourceKind) -> Cow<'_, str> {
         kind.as_str().into()

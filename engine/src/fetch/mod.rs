@@ -5,11 +5,13 @@
 //! through a `cap_std::fs::Dir` handle (so a bug in a check still cannot escape the destination), and
 //! size/entry limits are enforced while streaming.
 
+pub mod cache;
 pub mod extract;
 pub mod http;
 
 use std::io;
 
+pub use cache::{CachedSource, Lookup, SourceCache};
 pub use extract::{ExtractMode, Limits, Unpacked, unpack, unpack_file};
 pub use http::{HttpOptions, client, fetch};
 

@@ -1,0 +1,225 @@
+//! Shared handles of the reconciler (architecture §9 habit 8): one [`Context`] per controller, cheap to share.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use artgen_engine::fetch::{HttpOptions, Limits, SourceCache};
+use artgen_engine::spec::SourceKind;
+use artgen_engine::store::Storage;
+use kube::Client;
+use kube::runtime::reflector::Store;
+
+use crate::crd::{ExternalArtifact, FluxSource};
+use crate::events::Recorder;
+use crate::metrics::Metrics;
+
+/// The reconciler's settings, resolved from the flags (spec §11).
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub no_cross_namespace_refs: bool,
+    pub requeue_dependency: Duration,
+    pub min_retry_delay: Duration,
+    pub max_retry_delay: Duration,
+    pub interval: Duration,
+    pub jitter_percentage: u8,
+    pub retention_ttl: Duration,
+    pub retention_records: usize,
+    pub reconciliation_timeout: Duration,
+    pub source_limits: Limits,
+    pub extract_limits: Limits,
+    pub http: HttpOptions,
+    /// `$SOURCE_CONTROLLER_LOCALHOST`: replaces host and port of every source URL.
+    pub source_host_override: Option<String>,
+    /// `$TMPDIR` is honoured by the temp dirs; this is an explicit override (tests).
+    pub work_dir: Option<PathBuf>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        use artgen_engine::fetch::ExtractMode;
+        Settings {
+            no_cross_namespace_refs: false,
+            requeue_dependency: Duration::from_secs(5),
+            min_retry_delay: Duration::from_millis(750),
+            max_retry_delay: Duration::from_secs(15 * 60),
+            interval: Duration::from_secs(3600),
+            jitter_percentage: 5,
+            retention_ttl: Duration::from_secs(60),
+            retention_records: 2,
+            reconciliation_timeout: Duration::from_secs(600),
+            source_limits: Limits::for_mode(ExtractMode::Source),
+            extract_limits: Limits::for_mode(ExtractMode::Extract),
+            http: HttpOptions::default(),
+            source_host_override: None,
+            work_dir: None,
+        }
+    }
+}
+
+/// Watch caches of the source kinds; `None` with the `DirectSourceFetch` gate (reads go to the API).
+#[derive(Clone)]
+pub struct SourceStores {
+    pub stores: HashMap<SourceKind, Store<FluxSource>>,
+}
+
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub storage: Storage,
+    pub cache: SourceCache,
+    pub http: reqwest::Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    pub sources: Option<SourceStores>,
+    /// The ExternalArtifacts watch cache (drift detection reads it instead of listing).
+    pub external_artifacts: Store<ExternalArtifact>,
+    /// Becomes true once every watch cache has its initial listing.
+    synced: tokio::sync::watch::Receiver<bool>,
+    retries: Mutex<HashMap<String, Retries>>,
+    /// Per generator, the resourceVersions our writes replaced (a few): a cached object still at one of
+    /// them predates a write of ours.
+    superseded: Mutex<HashMap<String, Vec<String>>>,
+}
+
+/// Consecutive failures of one generator, for the two backoffs of spec §9.6.
+#[derive(Clone, Copy, Debug, Default)]
+struct Retries {
+    dependency: u32,
+    errors: u32,
+}
+
+impl Context {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        storage: Storage,
+        cache: SourceCache,
+        recorder: Recorder,
+        metrics: Metrics,
+        sources: Option<SourceStores>,
+        external_artifacts: Store<ExternalArtifact>,
+        synced: tokio::sync::watch::Receiver<bool>,
+    ) -> Self {
+        Context {
+            client,
+            settings,
+            storage,
+            cache,
+            http: artgen_engine::fetch::client(),
+            recorder,
+            metrics,
+            sources,
+            external_artifacts,
+            synced,
+            retries: Mutex::new(HashMap::new()),
+            superseded: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Waits until every watch cache has its initial listing, so a reconcile never mistakes an unsynced
+    /// cache for a missing source or a deleted ExternalArtifact. Immediate once synced.
+    pub async fn wait_synced(&self) -> bool {
+        let mut synced = self.synced.clone();
+        let wait = synced.wait_for(|s| *s);
+        matches!(
+            tokio::time::timeout(std::time::Duration::from_secs(30), wait).await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Records that a write of ours replaced `resource_version` of the generator `key`.
+    pub fn mark_superseded(&self, key: &str, resource_version: Option<String>) {
+        let Some(rv) = resource_version else { return };
+        let mut m = self.superseded.lock().unwrap_or_else(|p| p.into_inner());
+        let list = m.entry(key.to_owned()).or_default();
+        if list.len() >= 8 {
+            list.remove(0);
+        }
+        list.push(rv);
+    }
+
+    /// Whether the cached object at `resource_version` predates one of our writes (the watch has not
+    /// delivered it yet).
+    pub fn is_superseded(&self, key: &str, resource_version: Option<&str>) -> bool {
+        let m = self.superseded.lock().unwrap_or_else(|p| p.into_inner());
+        resource_version.is_some_and(|rv| m.get(key).is_some_and(|l| l.iter().any(|r| r == rv)))
+    }
+
+    /// Forgets the generator (deleted).
+    pub fn forget(&self, key: &str) {
+        self.superseded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+        self.reset_retries(key);
+    }
+
+    /// The next dependency requeue: `--requeue-dependency` doubled per consecutive failure, capped.
+    pub fn dependency_delay(&self, key: &str) -> Duration {
+        let n = self.bump(key, |r| &mut r.dependency);
+        backoff(self.settings.requeue_dependency, n, self.settings.max_retry_delay)
+    }
+
+    /// The next error backoff: `--min-retry-delay` doubled per consecutive error, capped.
+    pub fn error_delay(&self, key: &str) -> Duration {
+        let n = self.bump(key, |r| &mut r.errors);
+        backoff(self.settings.min_retry_delay, n, self.settings.max_retry_delay)
+    }
+
+    /// A success resets both backoffs.
+    pub fn reset_retries(&self, key: &str) {
+        self.retries().remove(key);
+    }
+
+    /// Every failure outcome other than a dependency one resets the dependency count (and vice versa
+    /// `reset_errors`), so each backoff counts *consecutive* failures of its own kind.
+    pub fn reset_dependency(&self, key: &str) {
+        if let Some(r) = self.retries().get_mut(key) {
+            r.dependency = 0;
+        }
+    }
+
+    fn bump(&self, key: &str, field: impl Fn(&mut Retries) -> &mut u32) -> u32 {
+        let mut retries = self.retries();
+        let r = retries.entry(key.to_owned()).or_default();
+        let n = *field(r);
+        *field(r) = n.saturating_add(1);
+        n
+    }
+
+    fn retries(&self) -> std::sync::MutexGuard<'_, HashMap<String, Retries>> {
+        self.retries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// 1h ± `--interval-jitter-percentage`.
+    pub fn jittered_interval(&self) -> Duration {
+        use std::hash::{BuildHasher, RandomState};
+        let base = self.settings.interval.as_secs_f64();
+        let pct = f64::from(self.settings.jitter_percentage) / 100.0;
+        // A random value in [-1, 1) without a dependency: RandomState is seeded per instance.
+        let r = RandomState::new().hash_one(0u8) as f64 / u64::MAX as f64 * 2.0 - 1.0;
+        Duration::from_secs_f64(base * (1.0 + pct * r))
+    }
+}
+
+fn backoff(first: Duration, failures: u32, cap: Duration) -> Duration {
+    let factor = 1u32.checked_shl(failures.min(31)).unwrap_or(u32::MAX);
+    first.saturating_mul(factor).min(cap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let s = Duration::from_secs(5);
+        let cap = Duration::from_secs(900);
+        let delays: Vec<u64> = (0..10).map(|n| backoff(s, n, cap).as_secs()).collect();
+        assert_eq!(delays, [5, 10, 20, 40, 80, 160, 320, 640, 900, 900]);
+        assert_eq!(backoff(s, 40, cap), cap);
+    }
+}

@@ -1,0 +1,411 @@
+//! Steps 9–17 (spec §9.2): fetch through the source cache, build every artifact, check ownership, then
+//! store and publish in expansion order, collect orphans, apply retention and update the inventory.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Instant;
+
+use artgen_engine::fetch::CachedSource;
+use artgen_engine::pack::Packed;
+use artgen_engine::spec::Manifest;
+use artgen_engine::store::{Storage, Stored};
+use artgen_engine::{BuildInput, BuildOptions, BuiltArtifact, ErrorKind, SourceInput};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde_json::json;
+
+use super::drift::belongs;
+use super::observe::Observed;
+use super::status::{BUILD_FAILED, OWNERSHIP_CONFLICT, RECONCILIATION_FAILED, SOURCE_FETCH_FAILED};
+use super::{
+    Error, FIELD_MANAGER, GENERATOR_LABEL, MANAGED_BY_LABEL, ORIGIN_REVISION_KEY, Reconciler,
+    inventory_digests,
+};
+use crate::crd::artifact_generator::InventoryEntry;
+use crate::crd::external_artifact::{self, SourceRef};
+use crate::crd::{Artifact, ArtifactGenerator, ExternalArtifact};
+use crate::events::Severity;
+
+/// `spec.sourceRef` of every ExternalArtifact a generator publishes (spec §8.1).
+pub fn source_ref(generator: &ArtifactGenerator) -> SourceRef {
+    SourceRef {
+        api_version: Some(ArtifactGenerator::api_version(&()).into_owned()),
+        kind: ArtifactGenerator::kind(&()).into_owned(),
+        name: generator.name_any(),
+        namespace: generator.namespace(),
+    }
+}
+
+fn transient(message: String) -> Error {
+    Error::failed(ErrorKind::Transient, RECONCILIATION_FAILED, message)
+}
+
+impl Reconciler<'_> {
+    /// Returns the number of published artifacts.
+    pub(super) async fn build_and_publish(&mut self, observed: &[Observed]) -> Result<usize, Error> {
+        let spec = &self.generator.spec;
+        let static_names = spec.path_pattern.as_deref().is_none_or(str::is_empty);
+        if static_names {
+            self.check_ownership(spec.artifacts.iter().map(|a| a.name.as_str()))?;
+        }
+        let fetch_started = Instant::now();
+        let cached = self.fetch_sources(observed).await?;
+        self.ctx.metrics.observe_stage("fetch", fetch_started.elapsed());
+
+        let input = BuildInput {
+            manifest: Manifest {
+                api_version: ArtifactGenerator::api_version(&()).into_owned(),
+                kind: ArtifactGenerator::kind(&()).into_owned(),
+                metadata: artgen_engine::spec::ObjectMeta {
+                    name: self.generator.name_any(),
+                    namespace: Some(self.namespace.clone()),
+                    other: BTreeMap::new(),
+                },
+                spec: (*self.generator.spec).clone(),
+                status: None,
+            },
+            sources: cached
+                .iter()
+                .map(|(alias, c)| (alias.clone(), SourceInput::Dir(c.path().to_owned())))
+                .collect(),
+            revisions: observed
+                .iter()
+                .map(|o| (o.alias.clone(), o.artifact.revision.clone()))
+                .collect(),
+            origin_revisions: observed
+                .iter()
+                .filter_map(|o| {
+                    let meta = o.artifact.metadata.as_ref()?;
+                    Some((o.alias.clone(), meta.get(ORIGIN_REVISION_KEY)?.clone()))
+                })
+                .collect(),
+            options: BuildOptions {
+                source_limits: self.ctx.settings.source_limits.clone(),
+                extract_limits: self.ctx.settings.extract_limits.clone(),
+                http: self.ctx.settings.http.clone(),
+                work_dir: self.ctx.settings.work_dir.clone(),
+                ..BuildOptions::default()
+            },
+        };
+        let output = artgen_engine::build(input)
+            .await
+            .map_err(|e| self.build_error(&e))?;
+        drop(cached);
+        self.ctx.metrics.observe_stage("stage", output.timings.stage);
+        self.ctx.metrics.observe_stage("pack", output.timings.pack);
+        for w in &output.warnings {
+            tracing::warn!(generator = %super::key(self.generator), warning = %w, "build warning");
+        }
+        if !static_names {
+            self.check_ownership(output.artifacts.iter().map(|a| a.name.as_str()))?;
+        }
+
+        // Step 13: publish in expansion order.
+        let mut inventory = Vec::with_capacity(output.artifacts.len());
+        let mut changed = Vec::new();
+        let old = inventory_digests(self.status());
+        for art in &output.artifacts {
+            let stored = self.publish(art).await.map_err(|e| {
+                Error::failed(
+                    e.kind(),
+                    RECONCILIATION_FAILED,
+                    format!("{} reconcile failed: {}", art.name, e.message()),
+                )
+            })?;
+            let filename = stored.path.rsplit('/').next().unwrap_or_default().to_owned();
+            let entry = InventoryEntry {
+                name: art.name.clone(),
+                namespace: self.namespace.clone(),
+                digest: stored.digest.clone(),
+                filename,
+            };
+            if old.get(&(entry.namespace.clone(), entry.name.clone())) != Some(&entry.digest) {
+                changed.push((entry.clone(), art.revision.clone()));
+            }
+            inventory.push(entry);
+        }
+
+        // Steps 14–15.
+        self.collect_orphans(&inventory).await;
+        self.retention(&inventory).await;
+
+        // Steps 16–17.
+        let n = inventory.len();
+        self.status().inventory = inventory;
+        if !changed.is_empty() {
+            let lines: Vec<String> = changed
+                .iter()
+                .map(|(e, _)| format!("{}/{} ({})", e.namespace, e.name, e.digest))
+                .collect();
+            self.event(
+                Severity::Normal,
+                super::status::READY,
+                &format!("external artifacts reconciled: {}", lines.join("\n")),
+            )
+            .await;
+            for (e, revision) in &changed {
+                let message = format!(
+                    "ExternalArtifact/{}/{} reconciled with revision {revision}",
+                    e.namespace, e.name
+                );
+                self.event(Severity::Trace, super::status::READY, &message).await;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn fetch_sources(&self, observed: &[Observed]) -> Result<BTreeMap<String, CachedSource>, Error> {
+        let referenced = artgen_engine::referenced_aliases(&self.generator.spec);
+        let fail = |message: String| {
+            Error::failed(
+                ErrorKind::Dependency,
+                SOURCE_FETCH_FAILED,
+                format!("fetch sources failed: {message}"),
+            )
+        };
+        let jobs = observed
+            .iter()
+            .filter(|o| referenced.contains(&o.alias))
+            .map(|o| async move {
+                let digest = o.artifact.digest.as_deref().ok_or_else(|| {
+                    fail(format!(
+                        "artifact of source '{}/{}/{}' has no digest",
+                        o.kind, o.namespace, o.name
+                    ))
+                })?;
+                let url = self.source_url(&o.artifact.url);
+                let settings = &self.ctx.settings;
+                let (entry, lookup) = self
+                    .ctx
+                    .cache
+                    .get(
+                        &self.ctx.http,
+                        &url,
+                        digest,
+                        &settings.source_limits,
+                        &settings.http,
+                    )
+                    .await
+                    .map_err(|e| fail(format!("source '{}': {}", o.alias, artgen_engine::chain(&e))))?;
+                self.ctx.metrics.cache_lookup(lookup);
+                Ok::<_, Error>((o.alias.clone(), entry))
+            });
+        Ok(futures_util::future::try_join_all(jobs)
+            .await?
+            .into_iter()
+            .collect())
+    }
+
+    /// `$SOURCE_CONTROLLER_LOCALHOST` replaces host and port of the URL (as upstream).
+    fn source_url(&self, url: &str) -> String {
+        let Some(host) = &self.ctx.settings.source_host_override else {
+            return url.to_owned();
+        };
+        match reqwest::Url::parse(url) {
+            Ok(u) => {
+                let rest = &url[u.scheme().len() + 3..];
+                let path_start = rest.find('/').unwrap_or(rest.len());
+                format!("{}://{host}{}", u.scheme(), &rest[path_start..])
+            }
+            Err(_) => url.to_owned(),
+        }
+    }
+
+    fn build_error(&self, e: &artgen_engine::Error) -> Error {
+        use artgen_engine::Error as E;
+        let message = artgen_engine::chain(e);
+        match e.kind() {
+            ErrorKind::Terminal => Error::failed(ErrorKind::Terminal, e.reason(), message),
+            _ => {
+                let name = match e {
+                    E::Copy { artifact, .. } | E::Pack { artifact, .. } => artifact.clone(),
+                    _ => self.generator.name_any(),
+                };
+                Error::failed(
+                    ErrorKind::Build,
+                    BUILD_FAILED,
+                    format!("{name} build failed: {message}"),
+                )
+            }
+        }
+    }
+
+    /// Spec §8.3: refuses to publish over an ExternalArtifact this generator does not own.
+    fn check_ownership<'n>(&self, names: impl Iterator<Item = &'n str>) -> Result<(), Error> {
+        for name in names {
+            let key = kube::runtime::reflector::ObjectRef::new(name).within(&self.namespace);
+            if let Some(existing) = self.ctx.external_artifacts.get(&key)
+                && !belongs(&existing, self.generator)
+            {
+                return Err(Error::failed(
+                    ErrorKind::Terminal,
+                    OWNERSHIP_CONFLICT,
+                    format!(
+                        "ExternalArtifact {}/{name} exists and is not managed by this generator",
+                        self.namespace
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish(&self, art: &BuiltArtifact) -> Result<Stored, Error> {
+        let storage = self.ctx.storage.clone();
+        let (ns, name, file) = (self.namespace.clone(), art.name.clone(), art.file.clone());
+        let packed = Packed {
+            digest: art.digest.clone(),
+            size: art.size,
+        };
+        let stored = tokio::task::spawn_blocking(move || storage.put(&ns, &name, &file, &packed))
+            .await
+            .map_err(|e| transient(e.to_string()))?
+            .map_err(|e| transient(artgen_engine::chain(&e)))?;
+
+        let api: Api<ExternalArtifact> = Api::namespaced(self.ctx.client.clone(), &self.namespace);
+        let mut labels = art.labels.clone();
+        labels.insert(MANAGED_BY_LABEL.into(), FIELD_MANAGER.into());
+        labels.insert(GENERATOR_LABEL.into(), self.generator.uid().unwrap_or_default());
+        let annotations = self
+            .generator
+            .spec
+            .common_metadata
+            .as_ref()
+            .map(|m| m.annotations.clone())
+            .unwrap_or_default();
+        let owner = OwnerReference {
+            api_version: ArtifactGenerator::api_version(&()).into_owned(),
+            kind: ArtifactGenerator::kind(&()).into_owned(),
+            name: self.generator.name_any(),
+            uid: self.generator.uid().unwrap_or_default(),
+            controller: Some(true),
+            block_owner_deletion: Some(true),
+        };
+        let body = json!({
+            "apiVersion": external_artifact::API_VERSION,
+            "kind": external_artifact::KIND,
+            "metadata": {
+                "name": art.name,
+                "namespace": self.namespace,
+                "labels": labels,
+                "annotations": annotations,
+                "ownerReferences": [owner],
+            },
+            "spec": {"sourceRef": source_ref(self.generator)},
+        });
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let applied = api
+            .patch(&art.name, &params, &Patch::Apply(&body))
+            .await
+            .map_err(|e| {
+                Error::kube(
+                    format!("applying ExternalArtifact {}/{}", self.namespace, art.name),
+                    e,
+                )
+            })?;
+
+        let generation = applied.metadata.generation.unwrap_or_default();
+        let previous = applied
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+        let ready = Condition {
+            type_: "Ready".into(),
+            status: "True".into(),
+            reason: "Succeeded".into(),
+            message: "Artifact is ready".into(),
+            observed_generation: Some(generation),
+            last_transition_time: previous
+                .filter(|c| c.status == "True" && c.reason == "Succeeded")
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or(Time(Timestamp::now())),
+        };
+        let artifact = Artifact {
+            path: stored.path.clone(),
+            url: stored.url.clone(),
+            revision: art.revision.clone(),
+            digest: Some(stored.digest.clone()),
+            last_update_time: Time(Timestamp::now()),
+            size: i64::try_from(stored.size).ok(),
+            metadata: art
+                .origin_revision
+                .as_ref()
+                .map(|r| BTreeMap::from([(ORIGIN_REVISION_KEY.to_owned(), r.clone())])),
+        };
+        let status = json!({
+            "apiVersion": external_artifact::API_VERSION,
+            "kind": external_artifact::KIND,
+            "metadata": {"name": art.name, "namespace": self.namespace},
+            "status": {"artifact": artifact, "conditions": [ready]},
+        });
+        api.patch_status(&art.name, &params, &Patch::Apply(&status))
+            .await
+            .map_err(|e| {
+                Error::kube(
+                    format!(
+                        "applying status of ExternalArtifact {}/{}",
+                        self.namespace, art.name
+                    ),
+                    e,
+                )
+            })?;
+        Ok(stored)
+    }
+
+    /// Step 14: ExternalArtifacts of this generator (inventory entries and labelled objects) that are not in
+    /// the new set lose their object and storage directory.
+    async fn collect_orphans(&self, current: &[InventoryEntry]) {
+        let keep: BTreeSet<&str> = current.iter().map(|e| e.name.as_str()).collect();
+        let mut orphans: BTreeSet<String> = self
+            .generator
+            .status
+            .as_ref()
+            .map(|s| s.inventory.iter().map(|e| e.name.clone()).collect())
+            .unwrap_or_default();
+        orphans.extend(
+            self.ctx
+                .external_artifacts
+                .state()
+                .iter()
+                .filter(|o| o.namespace().as_deref() == Some(&self.namespace) && belongs(o, self.generator))
+                .map(|o| o.name_any()),
+        );
+        orphans.retain(|n| !keep.contains(n.as_str()));
+        if !orphans.is_empty() {
+            self.delete_artifacts(orphans).await;
+        }
+    }
+
+    /// Step 15 (spec §10.3): retention in every current artifact directory; failures are reported, not fatal.
+    async fn retention(&self, current: &[InventoryEntry]) {
+        let storage = self.ctx.storage.clone();
+        let (ttl, records) = (
+            self.ctx.settings.retention_ttl,
+            self.ctx.settings.retention_records,
+        );
+        let entries = current.to_vec();
+        let failures = tokio::task::spawn_blocking(move || {
+            entries
+                .iter()
+                .filter_map(|e| {
+                    storage
+                        .retention_gc(&e.namespace, &e.name, &e.filename, ttl, records)
+                        .err()
+                        .map(|err| {
+                            format!(
+                                "{}: {}",
+                                Storage::relative_path(&e.namespace, &e.name, ""),
+                                artgen_engine::chain(&err)
+                            )
+                        })
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap_or_default();
+        for f in failures {
+            self.event(Severity::Warning, "GarbageCollectionFailed", &f).await;
+        }
+    }
+}
