@@ -61,6 +61,8 @@ pub struct Options {
     pub source_cache_max_size: u64,
     /// The reporting instance on events (the pod name).
     pub instance: String,
+    /// A client with its own request budget for events (`None`: the main client).
+    pub events_client: Option<Client>,
 }
 
 impl Options {
@@ -110,6 +112,7 @@ impl Options {
             events_addr: args.events_addr.clone(),
             source_cache_max_size: args.source_cache_max_size,
             instance: hostname,
+            events_client: None,
         })
     }
 }
@@ -244,6 +247,7 @@ pub async fn run_controller(
         events_addr,
         source_cache_max_size,
         instance,
+        events_client,
     } = options;
     let wc = watcher::Config::default();
     let mut generator_wc = watcher::Config::default();
@@ -352,7 +356,11 @@ pub async fn run_controller(
         context: "creating the source cache".into(),
         source,
     })?;
-    let recorder = Recorder::new(client.clone(), &events_addr, instance);
+    let recorder = Recorder::new(
+        events_client.unwrap_or_else(|| client.clone()),
+        &events_addr,
+        instance,
+    );
     let sources = (!gates.direct_source_fetch).then_some(SourceStores { stores });
     let ctx = Arc::new(Context::new(
         client,
@@ -380,18 +388,22 @@ pub async fn run_controller(
 /// `artgen controller`.
 pub async fn run(args: Args, gates: FeatureGates) -> Result<(), Error> {
     crate::telemetry::init(&args.log_level, &args.log_encoding).map_err(Error::Config)?;
-    let options = Options::from_args(&args, gates)?;
+    let mut options = Options::from_args(&args, gates)?;
     let mut config = kube::Config::infer()
         .await
         .map_err(|e| Error::Config(format!("kubeconfig: {e}")))?;
     config.read_timeout = Some(Duration::from_secs(300));
-    let client =
+    let build_client = |config| {
         crate::ratelimit::client(config, args.kube_api_qps, args.kube_api_burst).map_err(|source| {
             Error::Kube {
                 context: "building the Kubernetes client",
                 source,
             }
-        })?;
+        })
+    };
+    let client = build_client(config.clone())?;
+    // Events get their own request budget, as client-go's event broadcaster has.
+    options.events_client = Some(build_client(config)?);
     let metrics = Metrics::new();
     let health = Health::default();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -35,26 +35,53 @@ pub enum Severity {
 /// (object uid, severity, reason, message) → (event name, count).
 type Seen = HashMap<(String, Severity, String, String), (String, i32)>;
 
+/// Records events from a background task, so a reconcile never waits for them (as client-go's
+/// broadcaster); a full queue drops the event with a log line.
 pub struct Recorder {
+    queue: tokio::sync::mpsc::Sender<Job>,
+}
+
+struct Job {
+    generator: ArtifactGenerator,
+    severity: Severity,
+    reason: String,
+    message: String,
+}
+
+struct Worker {
     client: Client,
     forward: Option<(reqwest::Client, String)>,
     instance: String,
     seen: Mutex<Seen>,
 }
 
+/// Events waiting to be written; beyond this they are dropped.
+const QUEUE: usize = 4096;
+
 impl Recorder {
+    /// Starts the writer task (needs a runtime). `client` should have its own request budget, as client-go's
+    /// event client does.
     pub fn new(client: Client, events_addr: &str, instance: String) -> Self {
         let forward =
             (!events_addr.is_empty()).then(|| (artgen_engine::fetch::client(), events_addr.to_owned()));
-        Recorder {
+        let worker = Worker {
             client,
             forward,
             instance,
             seen: Mutex::new(HashMap::new()),
-        }
+        };
+        let (queue, mut jobs) = tokio::sync::mpsc::channel::<Job>(QUEUE);
+        tokio::spawn(async move {
+            while let Some(job) = jobs.recv().await {
+                worker
+                    .publish(&job.generator, job.severity, &job.reason, &job.message)
+                    .await;
+            }
+        });
+        Recorder { queue }
     }
 
-    /// Records an event; failures are logged, never returned (an event must not fail a reconcile).
+    /// Queues an event; never fails a reconcile.
     pub async fn publish(
         &self,
         generator: &ArtifactGenerator,
@@ -62,14 +89,30 @@ impl Recorder {
         reason: &str,
         message: &str,
     ) {
-        let message = truncate(message);
-        if let Err(e) = self.record(generator, severity, reason, &message).await {
+        // Only what an event needs: status and spec can be large.
+        let mut generator = generator.clone();
+        generator.status = None;
+        let job = Job {
+            generator,
+            severity,
+            reason: reason.to_owned(),
+            message: truncate(message),
+        };
+        if self.queue.try_send(job).is_err() {
+            tracing::warn!(reason, "event queue full, dropping event");
+        }
+    }
+}
+
+impl Worker {
+    async fn publish(&self, generator: &ArtifactGenerator, severity: Severity, reason: &str, message: &str) {
+        if let Err(e) = self.record(generator, severity, reason, message).await {
             tracing::warn!(reason, error = %artgen_engine::chain(&e), "recording event failed");
         }
         if severity != Severity::Trace
             && let Some((http, addr)) = &self.forward
         {
-            self.forward(http, addr, generator, severity, reason, &message)
+            self.forward(http, addr, generator, severity, reason, message)
                 .await;
         }
     }

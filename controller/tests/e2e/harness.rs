@@ -104,6 +104,7 @@ impl Env {
             events_addr: String::new(),
             source_cache_max_size: 1 << 30,
             instance: "e2e".into(),
+            events_client: None,
         };
         let (tx, rx) = watch::channel(false);
         let client = self.client.clone();
