@@ -34,6 +34,8 @@ pub struct Settings {
     pub source_host_override: Option<String>,
     /// `$TMPDIR` is honoured by the temp dirs; this is an explicit override (tests).
     pub work_dir: Option<PathBuf>,
+    /// The plugin host and the flags' admission; `None` refuses specs with transforms.
+    pub transforms: Option<artgen_engine::Transforms>,
 }
 
 impl Default for Settings {
@@ -54,6 +56,7 @@ impl Default for Settings {
             http: HttpOptions::default(),
             source_host_override: None,
             work_dir: None,
+            transforms: None,
         }
     }
 }

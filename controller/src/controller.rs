@@ -100,6 +100,15 @@ impl Options {
             source_host_override: std::env::var("SOURCE_CONTROLLER_LOCALHOST")
                 .ok()
                 .filter(|s| !s.is_empty()),
+            transforms: Some(artgen_engine::Transforms {
+                host: std::sync::Arc::new(args.plugins.host().map_err(|f| Error::Config(f.message))?),
+                admission: args
+                    .plugins
+                    .admission(false)
+                    .map_err(|f| Error::Config(f.message))?,
+                plugin_files: Default::default(),
+                source_kinds: Default::default(),
+            }),
             ..Settings::default()
         };
         Ok(Options {

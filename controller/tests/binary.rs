@@ -110,13 +110,64 @@ fn token_kubeconfig(cp: &ControlPlane, token: &str, path: &Path) -> Result {
     Ok(())
 }
 
+/// Plays notification-controller: records the JSON bodies POSTed to it.
+struct EventSink {
+    addr: std::net::SocketAddr,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+}
+
+impl EventSink {
+    fn start() -> Result<EventSink> {
+        use std::io::{Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = bodies.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read headers, then Content-Length bytes of body.
+                let body = loop {
+                    let Ok(n) = stream.read(&mut chunk) else {
+                        break None;
+                    };
+                    if n == 0 {
+                        break None;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse().ok())
+                        .unwrap_or(0);
+                    if buf.len() >= end + 4 + len {
+                        break Some(buf[end + 4..end + 4 + len].to_vec());
+                    }
+                };
+                if let Some(body) = body.and_then(|b| serde_json::from_slice(&b).ok()) {
+                    sink.lock().unwrap().push(body);
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            }
+        });
+        Ok(EventSink { addr, bodies })
+    }
+}
+
 struct Running {
     child: Child,
     logs: std::sync::mpsc::Receiver<String>,
 }
 
 impl Running {
-    fn start(kubeconfig: &Path, ns: &str, storage: &Path, ports: [u16; 3]) -> Result<Running> {
+    fn start(kubeconfig: &Path, ns: &str, storage: &Path, ports: [u16; 3], events: &str) -> Result<Running> {
         let [storage_port, metrics_port, health_port] = ports;
         let mut child = Command::new(env!("CARGO_BIN_EXE_artgen"))
             .args([
@@ -130,6 +181,7 @@ impl Running {
                 &format!("--storage-addr=127.0.0.1:{storage_port}"),
                 &format!("--metrics-addr=127.0.0.1:{metrics_port}"),
                 &format!("--health-addr=127.0.0.1:{health_port}"),
+                &format!("--events-addr={events}"),
             ])
             .env("KUBECONFIG", kubeconfig)
             .env("RUNTIME_NAMESPACE", ns)
@@ -267,7 +319,9 @@ spec:
         .patch("app", &PatchParams::apply("e2e"), &Patch::Apply(&generator))
         .await?;
 
-    let running = Running::start(&kubeconfig, &ns, &storage, ports)?;
+    let sink = EventSink::start()?;
+    let events_addr = format!("http://{}/", sink.addr);
+    let running = Running::start(&kubeconfig, &ns, &storage, ports, &events_addr)?;
     let health = format!("http://127.0.0.1:{}", ports[2]);
     wait("/readyz 200", || async {
         let (code, _) = http_get(&format!("{health}/readyz")).await?;
@@ -335,6 +389,34 @@ spec:
         "{line}"
     );
 
+    // Normal and Warning events reach notification-controller; trace events do not.
+    let forwarded = wait("a forwarded Ready event", || async {
+        let bodies = sink.bodies.lock().unwrap().clone();
+        Ok(bodies.into_iter().find(|b| {
+            b["reason"] == "Ready"
+                && b["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("external artifacts reconciled"))
+        }))
+    })
+    .await?;
+    assert_eq!(forwarded["severity"], "info");
+    assert_eq!(forwarded["involvedObject"]["kind"], "ArtifactGenerator");
+    assert_eq!(forwarded["involvedObject"]["name"], "app");
+    assert_eq!(forwarded["reportingController"], "source-watcher");
+    let traces = sink
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|b| {
+            b["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("reconciliation succeeded") || m.starts_with("No drift"))
+        })
+        .count();
+    assert_eq!(traces, 0, "trace events are not forwarded");
+
     // Restart: same URL and digest, storage re-verified, no second download.
     running.stop()?;
     let released = Api::<Lease>::namespaced(admin.clone(), &ns)
@@ -344,7 +426,7 @@ spec:
         released.spec.and_then(|s| s.holder_identity).is_none(),
         "lease released on shutdown"
     );
-    let running = Running::start(&kubeconfig, &ns, &storage, ports)?;
+    let running = Running::start(&kubeconfig, &ns, &storage, ports, &events_addr)?;
     let patch =
         serde_json::json!({"metadata": {"annotations": {"reconcile.fluxcd.io/requestedAt": "restart"}}});
     generators

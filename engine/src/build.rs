@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -14,6 +15,7 @@ use crate::pack::{ArchiveWriter, PackOptions, Packed};
 use crate::spec::{ArtifactGeneratorSpec, CopyOperation, Manifest, OutputArtifact};
 use crate::stage::path_pattern::{self, PathPattern};
 use crate::stage::{self, Env, Scratch, SourceTree, Tree, Warnings};
+use crate::transform::{self, TransformContext, TransformReport};
 use crate::validate;
 
 /// Labels that only the controller sets on ExternalArtifacts (spec §8.1).
@@ -41,6 +43,20 @@ pub struct BuildOptions {
     pub pack: PackOptions,
     /// Parent of the build's private temp dir (default: the system temp dir).
     pub work_dir: Option<PathBuf>,
+    /// The plugin host and its admission; without it a spec with transforms is refused.
+    pub transforms: Option<Transforms>,
+}
+
+/// What running `transforms:` needs (design/plugins.md §5).
+#[derive(Clone, Debug)]
+pub struct Transforms {
+    pub host: Arc<transform::Host>,
+    pub admission: transform::Admission,
+    /// `--plugin-file <transform>=<path>`: the plugin of that transform name is read from this file
+    /// instead of its source alias (CLI dev loop).
+    pub plugin_files: BTreeMap<String, PathBuf>,
+    /// `context.sources` metadata per alias (kind, digest); revisions come from the build input.
+    pub source_kinds: BTreeMap<String, (String, String)>,
 }
 
 impl Default for BuildOptions {
@@ -51,6 +67,7 @@ impl Default for BuildOptions {
             http: HttpOptions::default(),
             pack: PackOptions::default(),
             work_dir: None,
+            transforms: None,
         }
     }
 }
@@ -76,6 +93,8 @@ pub struct BuiltArtifact {
     pub labels: BTreeMap<String, String>,
     /// The finished archive inside the build's temp dir.
     pub file: PathBuf,
+    /// One report per transform step, in order.
+    pub transforms: Vec<TransformReport>,
 }
 
 #[derive(Debug)]
@@ -91,6 +110,7 @@ pub struct BuildOutput {
 pub struct Timings {
     pub fetch: Duration,
     pub stage: Duration,
+    pub transform: Duration,
     pub pack: Duration,
 }
 
@@ -139,6 +159,8 @@ pub fn referenced_aliases(spec: &ArtifactGeneratorSpec) -> BTreeSet<String> {
 
 struct Fetched {
     tree: SourceTree,
+    /// Where the tree is on disk (mounted read-only for transforms that ask for it).
+    path: PathBuf,
     /// `local@sha256:…` of the downloaded or local tarball; None for directories (computed on demand).
     revision: Option<String>,
     /// Keeps a downloaded tree alive for the build.
@@ -160,6 +182,7 @@ async fn fetch_source(
     match input {
         SourceInput::Dir(path) => Ok(Fetched {
             tree: stage::open_source(alias, path).map_err(io_err)?,
+            path: path.clone(),
             revision: None,
             _dir: None,
         }),
@@ -181,6 +204,7 @@ async fn fetch_source(
             .map_err(source_err)?;
             Ok(Fetched {
                 tree: stage::open_source(alias, &dest).map_err(io_err)?,
+                path: dest.clone(),
                 revision: Some(format!("local@{}", unpacked.digest)),
                 _dir: None,
             })
@@ -200,6 +224,7 @@ async fn fetch_source(
             .map_err(source_err)?;
             Ok(Fetched {
                 tree: stage::open_source(alias, dir.path()).map_err(io_err)?,
+                path: dir.path().to_owned(),
                 revision: Some(format!("local@{}", unpacked.digest)),
                 _dir: Some(dir),
             })
@@ -222,8 +247,11 @@ pub async fn build(input: BuildInput) -> Result<BuildOutput> {
         .clone()
         .unwrap_or_else(|| "default".into());
     let spec = manifest.spec;
+    let manifest_name = manifest.metadata.name.clone();
     validate::validate(&spec, &namespace, &validate::Options::default())?;
-    if let Some(art) = spec.artifacts.iter().find(|a| !a.transforms.is_empty()) {
+    if let Some(art) = spec.artifacts.iter().find(|a| !a.transforms.is_empty())
+        && options.transforms.is_none()
+    {
         return Err(Error::TransformsUnsupported {
             artifact: art.name.clone(),
         });
@@ -266,6 +294,7 @@ pub async fn build(input: BuildInput) -> Result<BuildOutput> {
     let (artifacts, warnings, mut timings) = tokio::task::spawn_blocking(move || {
         build_blocking(
             &spec,
+            (&manifest_name, &namespace),
             &fetched,
             &revisions,
             &origin_revisions,
@@ -286,6 +315,7 @@ pub async fn build(input: BuildInput) -> Result<BuildOutput> {
 
 fn build_blocking(
     spec: &ArtifactGeneratorSpec,
+    (generator, namespace): (&str, &str),
     fetched: &BTreeMap<String, Fetched>,
     revisions: &BTreeMap<String, String>,
     origin_revisions: &BTreeMap<String, String>,
@@ -328,9 +358,41 @@ fn build_blocking(
     let mut built = Vec::with_capacity(expanded.len());
     for (i, (art, capture_labels)) in expanded.iter().enumerate() {
         let started = Instant::now();
-        let tree = stage::stage(art, &env, &mut warnings)?;
-        let staged = Instant::now();
+        let mut tree = stage::stage(art, &env, &mut warnings)?;
+        let mut staged = Instant::now();
         timings.stage += staged - started;
+        let mut reports = Vec::new();
+        if let (false, Some(rt)) = (art.transforms.is_empty(), &options.transforms) {
+            let ctx = TransformContext {
+                namespace: namespace.to_owned(),
+                generator: generator.to_owned(),
+                artifact: art.name.clone(),
+                labels: capture_labels.clone(),
+                sources: spec
+                    .sources
+                    .iter()
+                    .map(|s| {
+                        let (kind, digest) = rt
+                            .source_kinds
+                            .get(&s.alias)
+                            .cloned()
+                            .unwrap_or_else(|| (s.kind.as_str().to_owned(), String::new()));
+                        transform::SourceInfo {
+                            alias: s.alias.clone(),
+                            kind,
+                            revision: revisions.get(&s.alias).cloned().unwrap_or_default(),
+                            digest,
+                        }
+                    })
+                    .collect(),
+            };
+            let work = tmp.join(format!("work-{i}"));
+            reports = run_transforms(art, &tree, &work, fetched, rt, &ctx, &mut warnings)?;
+            tree = tree_of_dir(art, &work, &env, &mut warnings)?;
+            let done = Instant::now();
+            timings.transform += done - staged;
+            staged = done;
+        }
         let file = out_dir.join(format!("{i}.tar.gz"));
         let packed = pack_to_file(&tree, &file, &options.pack).map_err(|source| Error::Pack {
             artifact: art.name.clone(),
@@ -367,9 +429,94 @@ fn build_blocking(
             origin_revision,
             labels,
             file,
+            transforms: reports,
         });
     }
     Ok((built, warnings.into_vec(), timings))
+}
+
+/// Writes the staged tree to `work`, runs the artifact's transforms over it and returns their reports; step
+/// warnings (and ignored failures) go to `warnings`.
+fn run_transforms(
+    art: &OutputArtifact,
+    tree: &Tree,
+    work: &Path,
+    fetched: &BTreeMap<String, Fetched>,
+    rt: &Transforms,
+    ctx: &TransformContext,
+    warnings: &mut Warnings,
+) -> Result<Vec<TransformReport>> {
+    let io_err = |e| Error::Pack {
+        artifact: art.name.clone(),
+        what: "writing the tree for transforms",
+        source: e,
+    };
+    std::fs::create_dir(work).map_err(io_err)?;
+    let dir = cap_std::fs::Dir::open_ambient_dir(work, cap_std::ambient_authority()).map_err(io_err)?;
+    tree.write_into(&dir).map_err(io_err)?;
+    let sources: BTreeMap<String, PathBuf> = fetched
+        .iter()
+        .map(|(alias, f)| (alias.clone(), f.path.clone()))
+        .collect();
+    let plugin_bytes = |t: &crate::spec::Transform| -> io::Result<Vec<u8>> {
+        if let Some(file) = rt.plugin_files.get(&t.name) {
+            return std::fs::read(file);
+        }
+        let source = fetched.get(&t.plugin.source.alias).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("source alias '{}' not fetched", t.plugin.source.alias),
+            )
+        })?;
+        transform::read_plugin(&source.path, &t.plugin.source.path)
+    };
+    let reports = rt
+        .host
+        .run_all(work, &art.transforms, plugin_bytes, ctx, &sources, &rt.admission)?;
+    for r in &reports {
+        for d in r
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity != transform::Severity::Info)
+        {
+            warnings.push(format!(
+                "artifact \"{}\" transform {}: {}",
+                art.name, r.name, d.message
+            ));
+        }
+        if r.result == transform::TransformResult::Ignored {
+            warnings.push(format!(
+                "artifact \"{}\" transform {} ignored: {}",
+                art.name, r.name, r.message
+            ));
+        }
+    }
+    Ok(reports)
+}
+
+/// The staged tree again, from the directory the transforms left (already validated and normalised by the
+/// host): every file below `work`, walked like a source.
+fn tree_of_dir(art: &OutputArtifact, work: &Path, env: &Env<'_>, warnings: &mut Warnings) -> Result<Tree> {
+    const ALIAS: &str = "transformed";
+    let tree =
+        stage::open_source(ALIAS, work).map_err(|e| Error::io(format!("artifact \"{}\"", art.name), e))?;
+    let trees = BTreeMap::from([(ALIAS.to_owned(), tree)]);
+    let whole = OutputArtifact {
+        name: art.name.clone(),
+        copy: vec![CopyOperation {
+            from: format!("@{ALIAS}/"),
+            to: "@artifact/".into(),
+            optional: true,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let env = Env {
+        sources: &trees,
+        scratch: env.scratch,
+        extract_limits: env.extract_limits,
+    };
+    stage::stage(&whole, &env, warnings)
 }
 
 fn alias_of(reference: &str) -> &str {

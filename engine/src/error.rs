@@ -58,6 +58,10 @@ pub enum Error {
     #[error("artifact \"{artifact}\": transforms are not supported by this build")]
     TransformsUnsupported { artifact: String },
 
+    /// A transform failed or was refused (design/plugins.md §8); the reason is per failure.
+    #[error(transparent)]
+    Transform(Box<crate::transform::TransformError>),
+
     /// Archiving or writing an artifact failed.
     #[error("artifact \"{artifact}\": {what}")]
     Pack {
@@ -97,6 +101,7 @@ impl Error {
                 ErrorKind::Terminal
             }
             Error::Source { source, .. } if source.is_transient() => ErrorKind::Dependency,
+            Error::Transform(e) => e.reason.kind(),
             Error::Source { .. } | Error::Copy { .. } => ErrorKind::Build,
             Error::Pack { .. } | Error::Io { .. } => ErrorKind::Transient,
         }
@@ -111,6 +116,7 @@ impl Error {
                 "BuildFailed"
             }
             Error::TransformsUnsupported { .. } => "ValidationFailed",
+            Error::Transform(e) => e.reason.as_str(),
         }
     }
 }

@@ -8,13 +8,14 @@ pub mod pack;
 pub mod spec;
 pub mod stage;
 pub mod store;
+pub mod transform;
 pub mod validate;
 
 pub use error::{Error, ErrorKind, Result};
 mod build;
 
 pub use build::{
-    BuildInput, BuildOptions, BuildOutput, BuiltArtifact, CONTROLLER_LABELS, SourceInput, Timings, build,
-    expand, pack_to_file, referenced_aliases,
+    BuildInput, BuildOptions, BuildOutput, BuiltArtifact, CONTROLLER_LABELS, SourceInput, Timings,
+    Transforms, build, expand, pack_to_file, referenced_aliases,
 };
 pub use error::chain;

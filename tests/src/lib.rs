@@ -7,4 +7,5 @@ pub mod cases;
 pub mod control_plane;
 #[cfg(feature = "control-plane")]
 pub mod fixtures;
+pub mod plugins;
 pub mod source_server;

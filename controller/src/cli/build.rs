@@ -50,6 +50,15 @@ pub struct Args {
     /// Timeout of one download attempt.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub http_timeout: Duration,
+    #[command(flatten)]
+    pub plugins: super::PluginArgs,
+    /// Dev mode: no allow-list; a digest mismatch is a warning that prints the actual digest.
+    #[arg(long)]
+    pub allow_any_plugin: bool,
+    /// `<transform>=<path>`: run this local .wasm for the transform of that name instead of resolving
+    /// its plugin source.
+    #[arg(long = "plugin-file", value_name = "TRANSFORM=PATH")]
+    pub plugin_files: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -144,6 +153,17 @@ pub fn run(args: Args) -> Result<(), Failure> {
         max_backoff: args.http_retry_delay * 6,
         timeout: args.http_timeout,
     };
+    if manifest.spec.artifacts.iter().any(|a| !a.transforms.is_empty()) {
+        options.transforms = Some(artgen_engine::Transforms {
+            host: std::sync::Arc::new(args.plugins.host()?),
+            admission: args.plugins.admission(args.allow_any_plugin)?,
+            plugin_files: pairs("plugin-file", &args.plugin_files)?
+                .into_iter()
+                .map(|(k, v)| (k, PathBuf::from(v)))
+                .collect(),
+            source_kinds: BTreeMap::new(),
+        });
+    }
     let input = BuildInput {
         manifest,
         sources: inputs,

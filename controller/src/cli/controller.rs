@@ -104,6 +104,8 @@ pub struct Args {
     /// Bound of the source cache.
     #[arg(long, default_value = "2Gi", value_parser = parse_quantity)]
     pub source_cache_max_size: u64,
+    #[command(flatten)]
+    pub plugins: super::PluginArgs,
 }
 
 /// Feature gates (spec §11).

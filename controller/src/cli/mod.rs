@@ -29,7 +29,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build the artifacts of a generator from local directories, tarballs or URLs.
-    Build(build::Args),
+    Build(Box<build::Args>),
     /// Check a generator manifest against admission and controller-side validation.
     Validate(validate::Args),
     /// Print the CustomResourceDefinitions artgen owns, for `kubectl apply -f -`.
@@ -66,7 +66,7 @@ pub fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Build(args) => build::run(args),
+        Command::Build(args) => build::run(*args),
         Command::Validate(args) => validate::run(args),
         Command::Crds(args) => crds::run(args),
         Command::Controller(args) => controller::run(*args),
@@ -77,6 +77,53 @@ pub fn main() -> ExitCode {
             eprintln!("error: {}", f.message);
             ExitCode::from(f.code)
         }
+    }
+}
+
+/// Plugin flags shared by `build` and `controller` (design/plugins.md §3).
+#[derive(Debug, Clone, clap::Args)]
+pub struct PluginArgs {
+    /// `allowlist`: a plugin runs only if its digest is allowed; `disabled`: transforms fail with
+    /// PluginsDisabled.
+    #[arg(long = "plugins", default_value = "allowlist", value_parser = ["allowlist", "disabled"])]
+    pub plugins: String,
+    /// Allows this plugin digest (`sha256:<hex>`) everywhere, up to the hard limit ceilings. Repeatable.
+    #[arg(long = "plugin-allow-digest", value_name = "SHA256")]
+    pub plugin_allow_digest: Vec<String>,
+    /// Compiled-plugin cache, private to this process (never under the storage path).
+    #[arg(long = "plugin-cache-dir", value_name = "DIR")]
+    pub plugin_cache_dir: Option<std::path::PathBuf>,
+    /// Transforms that may run at once; 0 = min(cores, 4).
+    #[arg(long = "plugin-concurrency", default_value_t = 0)]
+    pub plugin_concurrency: usize,
+}
+
+impl PluginArgs {
+    /// The admission these flags give (the controller adds TransformPluginPolicy entries).
+    pub fn admission(&self, allow_any: bool) -> Result<artgen_engine::transform::Admission, Failure> {
+        let digests = self
+            .plugin_allow_digest
+            .iter()
+            .map(|d| {
+                artgen_engine::fetch::parse_sha256(d)
+                    .map(|hex| artgen_engine::transform::Allowed::digest(format!("sha256:{hex}")))
+                    .map_err(|e| Failure::usage(format!("--plugin-allow-digest: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(artgen_engine::transform::Admission {
+            disabled: self.plugins == "disabled",
+            allow_any,
+            allowed: digests,
+        })
+    }
+
+    /// The plugin host (one per process).
+    pub fn host(&self) -> Result<artgen_engine::transform::Host, Failure> {
+        artgen_engine::transform::Host::new(artgen_engine::transform::HostOptions {
+            cache_dir: self.plugin_cache_dir.clone(),
+            concurrency: self.plugin_concurrency,
+        })
+        .map_err(|e| Failure::failed(format!("starting the plugin host: {}", artgen_engine::chain(&e))))
     }
 }
 

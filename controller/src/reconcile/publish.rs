@@ -85,6 +85,16 @@ impl Reconciler<'_> {
                 extract_limits: self.ctx.settings.extract_limits.clone(),
                 http: self.ctx.settings.http.clone(),
                 work_dir: self.ctx.settings.work_dir.clone(),
+                transforms: self.ctx.settings.transforms.clone().map(|mut t| {
+                    t.source_kinds = observed
+                        .iter()
+                        .map(|o| {
+                            let digest = o.artifact.digest.clone().unwrap_or_default();
+                            (o.alias.clone(), (o.kind.as_str().to_owned(), digest))
+                        })
+                        .collect();
+                    t
+                }),
                 ..BuildOptions::default()
             },
         };
@@ -100,6 +110,12 @@ impl Reconciler<'_> {
         if !static_names {
             self.check_ownership(output.artifacts.iter().map(|a| a.name.as_str()))?;
         }
+        self.status().transforms = output
+            .artifacts
+            .iter()
+            .flat_map(|a| a.transforms.iter().map(transform_status))
+            .take(100)
+            .collect();
 
         // Step 13: publish in expansion order.
         let mut inventory = Vec::with_capacity(output.artifacts.len());
@@ -217,6 +233,8 @@ impl Reconciler<'_> {
         let message = artgen_engine::chain(e);
         match e.kind() {
             ErrorKind::Terminal => Error::failed(ErrorKind::Terminal, e.reason(), message),
+            // Transform failures carry their own reason (design/plugins.md §8) and name the artifact.
+            kind if matches!(e, E::Transform(_)) => Error::failed(kind, e.reason(), message),
             _ => {
                 let name = match e {
                     E::Copy { artifact, .. } | E::Pack { artifact, .. } => artifact.clone(),
@@ -451,4 +469,43 @@ fn metadata_matches(object: &ExternalArtifact, body: &serde_json::Value) -> bool
         && owners_present
         && current["spec"]["sourceRef"] == body["spec"]["sourceRef"]
         && object.metadata.deletion_timestamp.is_none()
+}
+
+/// A transform report as a status entry (design/plugins.md §2): error and warning diagnostics only, capped.
+fn transform_status(
+    r: &artgen_engine::transform::TransformReport,
+) -> crate::crd::artifact_generator::TransformStatus {
+    use crate::crd::artifact_generator::{Diagnostic, Severity, TransformResult, TransformStatus};
+    use artgen_engine::transform::{Severity as S, TransformResult as R};
+    TransformStatus {
+        artifact: r.artifact.clone(),
+        name: r.name.clone(),
+        plugin_digest: r.plugin_digest.clone(),
+        result: match r.result {
+            R::Succeeded => TransformResult::Succeeded,
+            R::Failed => TransformResult::Failed,
+            R::Ignored => TransformResult::Ignored,
+        },
+        reason: r.reason.map(|x| x.as_str().to_owned()).unwrap_or_default(),
+        fuel_used: Some(r.fuel_used),
+        peak_memory_bytes: Some(r.peak_memory_bytes),
+        duration_millis: u64::try_from(r.duration.as_millis()).ok(),
+        diagnostics: r
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity != S::Info)
+            .take(5)
+            .map(|d| Diagnostic {
+                severity: if d.severity == S::Error {
+                    Severity::Error
+                } else {
+                    Severity::Warning
+                },
+                code: d.code.clone(),
+                message: d.message.chars().filter(|c| !c.is_control()).take(256).collect(),
+                path: d.path.clone(),
+                line: d.line,
+            })
+            .collect(),
+    }
 }

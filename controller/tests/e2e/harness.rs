@@ -33,6 +33,8 @@ pub struct Env {
     pub artifact_base: String,
     stop_server: watch::Sender<bool>,
     controller: Option<(watch::Sender<bool>, JoinHandle<()>)>,
+    /// `--watch-label-selector` of the controllers this environment starts.
+    selector: String,
 }
 
 fn stopper(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + Sync + 'static {
@@ -49,6 +51,15 @@ impl Env {
     }
 
     pub async fn with(test: &str, settings: impl FnOnce(&mut Settings)) -> Result<Env> {
+        Self::start(test, settings, String::new()).await
+    }
+
+    /// A controller that only reconciles generators matching `selector` (sharding).
+    pub async fn sharded(test: &str, selector: &str) -> Result<Env> {
+        Self::start(test, |_| {}, selector.to_owned()).await
+    }
+
+    async fn start(test: &str, settings: impl FnOnce(&mut Settings), selector: String) -> Result<Env> {
         // Controller logs for a failing test: RUST_LOG=artgen=debug cargo test ... -- --nocapture
         if std::env::var_os("RUST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
@@ -83,6 +94,7 @@ impl Env {
             artifact_base,
             stop_server,
             controller: None,
+            selector,
         };
         let mut s = Settings::default();
         settings(&mut s);
@@ -99,7 +111,7 @@ impl Env {
             storage,
             concurrency: 4,
             namespace: Some(self.ns.clone()),
-            label_selector: String::new(),
+            label_selector: self.selector.clone(),
             gates: Default::default(),
             events_addr: String::new(),
             source_cache_max_size: 1 << 30,

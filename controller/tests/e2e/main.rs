@@ -775,3 +775,41 @@ async fn restart_reverifies_and_rebuilds_without_downloading_again() -> Result {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharding_reconciles_only_matching_generators() -> Result {
+    let env = Env::sharded("shard", "sharding.fluxcd.io/key=shard1").await?;
+    let s = env.sources();
+    s.create(SourceKind::GitRepository, "repo").await?;
+    s.publish_files(
+        SourceKind::GitRepository,
+        "repo",
+        "main@sha1:0300",
+        &[("app.yaml", b"app: 1\n")],
+    )
+    .await?;
+    for (name, shard) in [("mine", "shard1"), ("theirs", "shard2")] {
+        env.apply_generator(&format!(
+            r#"
+metadata: {{name: {name}, labels: {{sharding.fluxcd.io/key: {shard}}}}}
+spec:
+  sources: [{{alias: git, kind: GitRepository, name: repo}}]
+  artifacts:
+    - name: {name}
+      copy: [{{from: "@git/app.yaml", to: "@artifact/"}}]
+"#
+        ))
+        .await?;
+    }
+    env.wait_ready("mine").await?;
+    env.wait_external_artifact("mine", "published", |_| true).await?;
+    // The other shard's generator was never touched: no finalizer, no status, no ExternalArtifact.
+    let theirs = env.generators().get("theirs").await?;
+    assert!(
+        theirs.status.is_none() && theirs.finalizers().is_empty(),
+        "{:?}",
+        theirs.status
+    );
+    assert!(env.external_artifacts().get_opt("theirs").await?.is_none());
+    Ok(())
+}

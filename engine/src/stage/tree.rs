@@ -176,6 +176,25 @@ impl Tree {
         go(&mut String::new(), &self.root, &mut f)
     }
 
+    /// Writes the tree into the empty directory `dir` (for transforms, which need real files). Modes are
+    /// 0644/0755 as in the archive.
+    pub fn write_into(&self, dir: &Dir) -> io::Result<()> {
+        use cap_std::fs::{OpenOptions, OpenOptionsExt as _};
+        self.visit(|path, node| match node {
+            Node::Dir(_) => dir.create_dir(path).map_err(|e| annotate(e, path)),
+            Node::File(f) => {
+                let mut opts = OpenOptions::new();
+                opts.write(true)
+                    .create_new(true)
+                    .mode(if f.executable { 0o755 } else { 0o644 });
+                let mut out = dir.open_with(path, &opts).map_err(|e| annotate(e, path))?;
+                let mut reader = f.content.open().map_err(|e| annotate(e, path))?;
+                io::copy(&mut reader, &mut out).map_err(|e| annotate(e, path))?;
+                Ok(())
+            }
+        })
+    }
+
     /// Streams the tree into an archive in walk order.
     pub fn pack_into<W: io::Write>(&self, writer: &mut ArchiveWriter<W>) -> io::Result<()> {
         self.visit(|path, node| match node {

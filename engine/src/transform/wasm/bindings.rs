@@ -1,0 +1,9 @@
+//! Host bindings of `wit/transform.wit` (world `plugin`, export `artgen:transform/transformer@0.1.0`).
+//! Exports are async so every call can be raced against the wall-clock deadline (a guest blocked in a
+//! host call, e.g. sleeping, cannot be reached by the epoch callback).
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "plugin",
+    exports: { default: async },
+});
