@@ -127,27 +127,9 @@ impl PluginArgs {
     }
 }
 
-/// Parses a Kubernetes-style quantity (`100Mi`, `1Gi`, `5G`, `1024`) into bytes.
-pub fn parse_quantity(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, suffix) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid quantity '{s}'"))?;
-    let mult: u64 = match suffix {
-        "" => 1,
-        "k" => 1000,
-        "M" => 1000_u64.pow(2),
-        "G" => 1000_u64.pow(3),
-        "T" => 1000_u64.pow(4),
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        _ => return Err(format!("invalid quantity '{s}': unknown suffix '{suffix}'")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("quantity '{s}' is too large"))
-}
+/// Kubernetes-style quantities (`100Mi`, `1Gi`, `5G`, `1024`): the engine's parser, shared with transform
+/// limits.
+pub use artgen_engine::transform::admission::parse_quantity;
 
 /// Parses a Go-style duration (`750ms`, `5s`, `1m30s`, `1h`).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
