@@ -14,6 +14,7 @@ use kube::runtime::reflector::Store;
 use crate::crd::{ExternalArtifact, FluxSource};
 use crate::events::Recorder;
 use crate::metrics::Metrics;
+use crate::policy::PolicyStores;
 
 /// The reconciler's settings, resolved from the flags (spec §11).
 #[derive(Clone, Debug)]
@@ -78,6 +79,9 @@ pub struct Context {
     pub sources: Option<SourceStores>,
     /// The ExternalArtifacts watch cache (drift detection reads it instead of listing).
     pub external_artifacts: Store<ExternalArtifact>,
+    /// TransformPluginPolicies and namespace labels; `None` when plugins are off or admission needs no
+    /// policies (`--allow-any-plugin`).
+    pub policies: Option<PolicyStores>,
     /// Becomes true once every watch cache has its initial listing.
     synced: tokio::sync::watch::Receiver<bool>,
     retries: Mutex<HashMap<String, Retries>>,
@@ -116,6 +120,7 @@ impl Context {
             metrics,
             sources,
             external_artifacts,
+            policies: None,
             synced,
             retries: Mutex::new(HashMap::new()),
             superseded: Mutex::new(HashMap::new()),

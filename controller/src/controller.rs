@@ -11,16 +11,19 @@ use artgen_engine::fetch::{HttpOptions, Limits, SourceCache};
 use artgen_engine::spec::SourceKind;
 use artgen_engine::store::{Storage, advertised_url};
 use futures_util::{Stream, StreamExt as _};
+use k8s_openapi::api::core::v1::Namespace;
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt as _, controller, watcher};
 use kube::{Client, Resource, ResourceExt};
 
 use crate::cli::controller::{Args, FeatureGates};
 use crate::context::{Context, Settings, SourceStores};
-use crate::crd::{ArtifactGenerator, ExternalArtifact, FluxSource};
+use crate::crd::{ArtifactGenerator, ExternalArtifact, FluxSource, TransformPluginPolicy};
 use crate::events::Recorder;
 use crate::metrics::Metrics;
+use crate::policy::{self, PolicyStores};
 use crate::reconcile::{self, GENERATOR_LABEL, REQUESTED_AT_ANNOTATION, SUSPEND_ANNOTATION};
 
 /// Start-up and serving failures of `artgen controller`.
@@ -207,6 +210,40 @@ fn referencing(
         .collect()
 }
 
+/// Whether the TransformPluginPolicy CRD is served. Without it (a cluster set up with upstream's CRDs only)
+/// the controller still works: only `--plugin-allow-digest` admits plugins, instead of a watch that never
+/// syncs and keeps every generator waiting.
+async fn policy_crd_installed(client: &Client) -> bool {
+    let api = Api::<TransformPluginPolicy>::all(client.clone());
+    match api
+        .list_metadata(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        Err(kube::Error::Api(s)) if s.code == 404 => {
+            tracing::warn!(
+                "the TransformPluginPolicy CRD is not installed: plugins are admitted by --plugin-allow-digest only"
+            );
+            false
+        }
+        // Anything else (RBAC, a flaky apiserver) is for the watch to retry and report.
+        _ => true,
+    }
+}
+
+/// Generators with transforms, in `namespace` or in all of them: the ones a policy or label change affects.
+fn with_transforms(
+    generators: &Store<ArtifactGenerator>,
+    namespace: Option<&str>,
+) -> Vec<ObjectRef<ArtifactGenerator>> {
+    generators
+        .state()
+        .iter()
+        .filter(|g| g.spec.artifacts.iter().any(|a| !a.transforms.is_empty()))
+        .filter(|g| namespace.is_none_or(|ns| g.namespace().as_deref() == Some(ns)))
+        .map(|g| ObjectRef::from_obj(&**g))
+        .collect()
+}
+
 /// The API of a namespaced kind in the watched namespace, or in all of them.
 fn api<K>(client: &Client, namespace: &Option<String>) -> Api<K>
 where
@@ -339,6 +376,60 @@ pub async fn run_controller(
     );
     let store = external_artifacts.clone();
     readiness.push(Box::pin(async move { store.wait_until_ready().await.is_ok() }));
+
+    // Plugin policies and namespace labels (design/plugins.md §3): a change re-enqueues the generators
+    // with transforms that it may affect.
+    let policies = match &settings.transforms {
+        Some(t) if !t.admission.disabled && !t.admission.allow_any && policy_crd_installed(&client).await => {
+            let (policies, writer) = reflector::store::<TransformPluginPolicy>();
+            let events = watcher(Api::<TransformPluginPolicy>::all(client.clone()), wc.clone())
+                .default_backoff()
+                .reflect(writer);
+            let (gens, status_client) = (generators.clone(), client.clone());
+            ctl = ctl.watches_stream(
+                changes(events, |p: &TransformPluginPolicy| {
+                    let mut h = std::hash::DefaultHasher::new();
+                    serde_json::to_string(&p.spec).unwrap_or_default().hash(&mut h);
+                    h.finish()
+                }),
+                move |p: TransformPluginPolicy| {
+                    tokio::spawn(policy::update_status(status_client.clone(), Arc::new(p)));
+                    with_transforms(&gens, None)
+                },
+            );
+            let (namespaces, writer) = reflector::store::<PartialObjectMeta<Namespace>>();
+            let mut nwc = watcher::Config::default();
+            if let Some(ns) = &namespace {
+                nwc = nwc.fields(&format!("metadata.name={ns}"));
+            }
+            let events = watcher(Api::<PartialObjectMeta<Namespace>>::all(client.clone()), nwc)
+                .default_backoff()
+                .reflect(writer);
+            let gens = generators.clone();
+            ctl = ctl.watches_stream(
+                changes(events, |n: &PartialObjectMeta<Namespace>| {
+                    let mut h = std::hash::DefaultHasher::new();
+                    n.labels().hash(&mut h);
+                    h.finish()
+                }),
+                move |n: PartialObjectMeta<Namespace>| with_transforms(&gens, Some(&n.name_any())),
+            );
+            for ready in [
+                Box::pin({
+                    let s = policies.clone();
+                    async move { s.wait_until_ready().await.is_ok() }
+                }) as futures_util::future::BoxFuture<'static, bool>,
+                Box::pin({
+                    let s = namespaces.clone();
+                    async move { s.wait_until_ready().await.is_ok() }
+                }),
+            ] {
+                readiness.push(ready);
+            }
+            Some(PolicyStores { policies, namespaces })
+        }
+        _ => None,
+    };
     // A store's readiness wakes only one waiter (kube's DelayedInit holds one waker), so this task is the
     // only one awaiting the caches; everyone else watches `synced`.
     let (synced_tx, synced) = tokio::sync::watch::channel(false);
@@ -371,7 +462,7 @@ pub async fn run_controller(
         instance,
     );
     let sources = (!gates.direct_source_fetch).then_some(SourceStores { stores });
-    let ctx = Arc::new(Context::new(
+    let mut ctx = Context::new(
         client,
         settings,
         storage,
@@ -381,7 +472,9 @@ pub async fn run_controller(
         sources,
         external_artifacts,
         synced,
-    ));
+    );
+    ctx.policies = policies;
+    let ctx = Arc::new(ctx);
     ctl.graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|res| async move {

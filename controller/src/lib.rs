@@ -8,6 +8,7 @@ pub mod crd;
 pub mod events;
 pub mod leader;
 pub mod metrics;
+pub mod policy;
 pub mod ratelimit;
 pub mod reconcile;
 pub mod server;

@@ -1,10 +1,11 @@
 //! Prometheus metrics (spec §11): Flux's `gotk_*` reconcile metrics plus artgen's build-stage and
 //! source-cache metrics, served as text on `--metrics-addr`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use artgen_engine::fetch::Lookup;
+use artgen_engine::transform::{CacheStats, TransformReport, TransformResult};
 use kube::ResourceExt;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -30,6 +31,13 @@ pub struct Metrics {
     suspend: Family<Labels, Gauge>,
     stage_duration: Histograms,
     cache_lookups: Family<Labels, Counter>,
+    transform_runs: Family<Labels, Counter>,
+    transform_failures: Family<Labels, Counter>,
+    transform_fuel: Histogram,
+    plugin_compile: Histogram,
+    plugin_lookups: Family<Labels, Counter>,
+    /// The plugin host's cumulative stats at the last [`Metrics::plugin_cache`] call.
+    plugin_seen: Arc<Mutex<CacheStats>>,
 }
 
 impl Default for Metrics {
@@ -71,6 +79,37 @@ impl Metrics {
             "Source cache lookups by result",
             cache_lookups.clone(),
         );
+        // No per-digest labels (design/plugins.md §8): tenants choose digests, so they would be unbounded.
+        let transform_runs = Family::<Labels, Counter>::default();
+        let transform_failures = Family::<Labels, Counter>::default();
+        let transform_fuel = Histogram::new(exponential_buckets(1e6, 4.0, 12));
+        let plugin_compile = Histogram::new(exponential_buckets(0.01, 2.0, 14));
+        let plugin_lookups = Family::<Labels, Counter>::default();
+        registry.register(
+            "artgen_transform_runs",
+            "Transform runs by result",
+            transform_runs.clone(),
+        );
+        registry.register(
+            "artgen_transform_failures",
+            "Transform failures by reason, refusals by admission included",
+            transform_failures.clone(),
+        );
+        registry.register(
+            "artgen_transform_fuel_used",
+            "Fuel used by a transform run",
+            transform_fuel.clone(),
+        );
+        registry.register(
+            "artgen_plugin_compile_duration_seconds",
+            "The duration in seconds of compiling a plugin",
+            plugin_compile.clone(),
+        );
+        registry.register(
+            "artgen_plugin_cache_lookups",
+            "Compiled-plugin lookups by the tier that answered (memory, disk, compile)",
+            plugin_lookups.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             reconcile_duration,
@@ -78,6 +117,12 @@ impl Metrics {
             suspend,
             stage_duration,
             cache_lookups,
+            transform_runs,
+            transform_failures,
+            transform_fuel,
+            plugin_compile,
+            plugin_lookups,
+            plugin_seen: Arc::default(),
         }
     }
 
@@ -127,6 +172,56 @@ impl Metrics {
         self.cache_lookups
             .get_or_create(&vec![("result", lookup.as_str().to_owned())])
             .inc();
+    }
+
+    /// Counts the runs (and failures) of these transform reports.
+    pub fn transform_reports<'r>(&self, reports: impl IntoIterator<Item = &'r TransformReport>) {
+        for r in reports {
+            let result = match r.result {
+                TransformResult::Succeeded => "Succeeded",
+                TransformResult::Failed => "Failed",
+                TransformResult::Ignored => "Ignored",
+            };
+            self.transform_runs
+                .get_or_create(&vec![("result", result.to_owned())])
+                .inc();
+            if let Some(reason) = r.reason {
+                self.transform_failure(reason.as_str());
+            }
+            if r.fuel_used > 0 {
+                self.transform_fuel.observe(r.fuel_used as f64);
+            }
+        }
+    }
+
+    pub fn transform_failure(&self, reason: &str) {
+        self.transform_failures
+            .get_or_create(&vec![("reason", reason.to_owned())])
+            .inc();
+    }
+
+    /// Brings the plugin cache counters up to the host's cumulative `stats`. Compiles since the last call
+    /// are observed at their mean duration (the host sums compile time).
+    pub fn plugin_cache(&self, stats: &CacheStats) {
+        let mut seen = self.plugin_seen.lock().unwrap_or_else(|p| p.into_inner());
+        let tier = |name: &str, now: u64, before: u64| {
+            if now > before {
+                self.plugin_lookups
+                    .get_or_create(&vec![("tier", name.to_owned())])
+                    .inc_by(now - before);
+            }
+        };
+        tier("memory", stats.memory_hits, seen.memory_hits);
+        tier("disk", stats.disk_hits, seen.disk_hits);
+        tier("compile", stats.compiles, seen.compiles);
+        let compiles = stats.compiles.saturating_sub(seen.compiles);
+        if compiles > 0 {
+            let mean = stats.compile_time.saturating_sub(seen.compile_time) / compiles as u32;
+            for _ in 0..compiles {
+                self.plugin_compile.observe(mean.as_secs_f64());
+            }
+        }
+        *seen = *stats;
     }
 
     /// The text exposition format.

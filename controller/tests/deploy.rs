@@ -29,6 +29,7 @@ const CLUSTER_ROLE: &[(&str, &str, &[&str])] = &[
     ),
     (EXTENSIONS, "artifactgenerators/finalizers", &["update"]),
     (EXTENSIONS, "transformpluginpolicies", READ),
+    (EXTENSIONS, "transformpluginpolicies/status", &["patch"]),
     (SOURCES, "gitrepositories", READ),
     (SOURCES, "ocirepositories", READ),
     (SOURCES, "buckets", READ),

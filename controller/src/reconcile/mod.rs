@@ -51,6 +51,8 @@ pub enum Error {
         kind: ErrorKind,
         reason: &'static str,
         message: String,
+        /// More for the Warning event than the condition message holds (e.g. plugin diagnostics).
+        note: Option<String>,
     },
     #[error("reconciliation timed out after {0:?}")]
     Timeout(Duration),
@@ -69,7 +71,36 @@ impl Error {
             kind,
             reason,
             message: message.into(),
+            note: None,
         }
+    }
+
+    /// Adds lines that only the Warning event carries; empty is no note.
+    pub fn with_note(mut self, text: String) -> Self {
+        if let Error::Failed { note, .. } = &mut self
+            && !text.is_empty()
+        {
+            *note = Some(text);
+        }
+        self
+    }
+
+    /// The Warning event's text: the message, then the note, at most 1 KiB.
+    fn event_text(&self) -> String {
+        let mut text = self.message();
+        if let Error::Failed { note: Some(n), .. } = self {
+            text.push('\n');
+            text.push_str(n);
+        }
+        if text.len() > 1024 {
+            let mut end = 1021;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push_str("...");
+        }
+        text
     }
 
     /// Architecture §6: an API error is transient when it is 5xx, 409 or 429, or never reached the server.
@@ -267,6 +298,8 @@ impl<'a> Reconciler<'a> {
         };
         artgen_engine::validate::validate(&self.generator.spec, &self.namespace, &opts)
             .map_err(|e| Error::failed(ErrorKind::Terminal, e.reason(), artgen_engine::chain(&e)))?;
+        // Plugin admission (design/plugins.md §5 step 1): cheap, terminal, before any fetch.
+        self.admit_transforms()?;
         // Step 6.
         let observed = self.observe_sources().await?;
         self.ctx.reset_dependency(&key(self.generator));
@@ -329,7 +362,7 @@ impl<'a> Reconciler<'a> {
             Ok(Done::AwaitChange) => Ok(Action::await_change()),
             Err(e) => {
                 let (reason, message) = (e.reason(), e.message());
-                self.event(Severity::Warning, reason, &message).await;
+                self.event(Severity::Warning, reason, &e.event_text()).await;
                 self.set(status::READY, Status::False, reason, &message);
                 match e.kind() {
                     ErrorKind::Terminal => {

@@ -8,6 +8,7 @@ use artgen_engine::fetch::CachedSource;
 use artgen_engine::pack::Packed;
 use artgen_engine::spec::Manifest;
 use artgen_engine::store::{Storage, Stored};
+use artgen_engine::transform::TransformResult;
 use artgen_engine::{BuildInput, BuildOptions, BuiltArtifact, ErrorKind, SourceInput};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -42,6 +43,48 @@ fn transient(message: String) -> Error {
 }
 
 impl Reconciler<'_> {
+    /// The flags' admission widened by the TransformPluginPolicies that select this namespace.
+    fn transforms(&self) -> Option<artgen_engine::Transforms> {
+        let mut t = self.ctx.settings.transforms.clone()?;
+        if let Some(p) = &self.ctx.policies {
+            t.admission = p.admission(&t.admission, &self.namespace);
+        }
+        Some(t)
+    }
+
+    /// Plugin admission (design/plugins.md §5 step 1) before anything is fetched: terminal, and checked on
+    /// every pass, so revoking a digest stalls the generator even when no source changed.
+    pub(super) fn admit_transforms(&self) -> Result<(), Error> {
+        let spec = &self.generator.spec;
+        if spec.artifacts.iter().all(|a| a.transforms.is_empty()) {
+            return Ok(());
+        }
+        let Some(t) = self.transforms() else {
+            return Ok(()); // the build reports that transforms are unsupported
+        };
+        let aliases: Vec<&str> = spec.sources.iter().map(|s| s.alias.as_str()).collect();
+        for a in &spec.artifacts {
+            for step in &a.transforms {
+                artgen_engine::transform::admission::check(step, &t.admission, &aliases).map_err(
+                    |(reason, detail)| {
+                        self.ctx.metrics.transform_failure(reason.as_str());
+                        Error::failed(
+                            ErrorKind::Terminal,
+                            reason.as_str(),
+                            format!(
+                                "{}: transform {} ({}): {detail}",
+                                a.name,
+                                step.name,
+                                artgen_engine::transform::report::short_digest(&step.plugin.digest)
+                            ),
+                        )
+                    },
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     /// Returns the number of published artifacts.
     pub(super) async fn build_and_publish(&mut self, observed: &[Observed]) -> Result<usize, Error> {
         let spec = &self.generator.spec;
@@ -85,7 +128,7 @@ impl Reconciler<'_> {
                 extract_limits: self.ctx.settings.extract_limits.clone(),
                 http: self.ctx.settings.http.clone(),
                 work_dir: self.ctx.settings.work_dir.clone(),
-                transforms: self.ctx.settings.transforms.clone().map(|mut t| {
+                transforms: self.transforms().map(|mut t| {
                     t.source_kinds = observed
                         .iter()
                         .map(|o| {
@@ -98,10 +141,26 @@ impl Reconciler<'_> {
                 ..BuildOptions::default()
             },
         };
-        let output = artgen_engine::build(input)
-            .await
-            .map_err(|e| self.build_error(&e))?;
+        let result = artgen_engine::build(input).await;
+        if let Some(t) = &self.ctx.settings.transforms {
+            self.ctx.metrics.plugin_cache(&t.host.stats());
+        }
+        let output = match result {
+            Ok(output) => output,
+            Err(e) => {
+                if let artgen_engine::Error::Transform(t) = &e {
+                    self.ctx.metrics.transform_reports(&t.reports);
+                    self.status().transforms = t.reports.iter().map(transform_status).take(100).collect();
+                }
+                return Err(self.build_error(&e));
+            }
+        };
         drop(cached);
+        if !output.timings.transform.is_zero() {
+            self.ctx
+                .metrics
+                .observe_stage("transform", output.timings.transform);
+        }
         self.ctx.metrics.observe_stage("stage", output.timings.stage);
         self.ctx.metrics.observe_stage("pack", output.timings.pack);
         for w in &output.warnings {
@@ -110,12 +169,21 @@ impl Reconciler<'_> {
         if !static_names {
             self.check_ownership(output.artifacts.iter().map(|a| a.name.as_str()))?;
         }
-        self.status().transforms = output
-            .artifacts
-            .iter()
-            .flat_map(|a| a.transforms.iter().map(transform_status))
-            .take(100)
-            .collect();
+        let reports: Vec<_> = output.artifacts.iter().flat_map(|a| &a.transforms).collect();
+        self.ctx.metrics.transform_reports(reports.iter().copied());
+        for r in reports.iter().filter(|r| r.result == TransformResult::Ignored) {
+            let message = format!(
+                "{}: transform {} failed and was ignored: {}",
+                r.artifact, r.name, r.message
+            );
+            self.event(
+                Severity::Warning,
+                r.reason.map_or("TransformFailed", |x| x.as_str()),
+                &message,
+            )
+            .await;
+        }
+        self.status().transforms = reports.into_iter().map(transform_status).take(100).collect();
 
         // Step 13: publish in expansion order.
         let mut inventory = Vec::with_capacity(output.artifacts.len());
@@ -233,8 +301,22 @@ impl Reconciler<'_> {
         let message = artgen_engine::chain(e);
         match e.kind() {
             ErrorKind::Terminal => Error::failed(ErrorKind::Terminal, e.reason(), message),
-            // Transform failures carry their own reason (design/plugins.md §8) and name the artifact.
-            kind if matches!(e, E::Transform(_)) => Error::failed(kind, e.reason(), message),
+            // Transform failures carry their own reason (design/plugins.md §8) and name the artifact; the
+            // event adds the first error diagnostics.
+            kind if let E::Transform(t) = e => {
+                let note: Vec<String> = t
+                    .diagnostics
+                    .iter()
+                    .filter(|d| d.severity == artgen_engine::transform::Severity::Error)
+                    .take(3)
+                    .map(|d| match (&d.path, d.line) {
+                        (Some(p), Some(l)) => format!("{p}:{l}: {} ({})", d.message, d.code),
+                        (Some(p), None) => format!("{p}: {} ({})", d.message, d.code),
+                        _ => format!("{} ({})", d.message, d.code),
+                    })
+                    .collect();
+                Error::failed(kind, e.reason(), message).with_note(note.join("\n"))
+            }
             _ => {
                 let name = match e {
                     E::Copy { artifact, .. } | E::Pack { artifact, .. } => artifact.clone(),

@@ -35,6 +35,8 @@ pub struct Env {
     controller: Option<(watch::Sender<bool>, JoinHandle<()>)>,
     /// `--watch-label-selector` of the controllers this environment starts.
     selector: String,
+    /// The metrics every controller of this environment records into.
+    pub metrics: Metrics,
 }
 
 fn stopper(rx: &watch::Receiver<bool>) -> impl Future<Output = ()> + Send + Sync + 'static {
@@ -95,6 +97,7 @@ impl Env {
             stop_server,
             controller: None,
             selector,
+            metrics: Metrics::new(),
         };
         let mut s = Settings::default();
         settings(&mut s);
@@ -119,11 +122,9 @@ impl Env {
             events_client: None,
         };
         let (tx, rx) = watch::channel(false);
-        let client = self.client.clone();
+        let (client, metrics) = (self.client.clone(), self.metrics.clone());
         let task = tokio::spawn(async move {
-            if let Err(e) =
-                run_controller(client, options, Metrics::new(), Health::default(), stopper(&rx)).await
-            {
+            if let Err(e) = run_controller(client, options, metrics, Health::default(), stopper(&rx)).await {
                 panic!("controller failed: {}", artgen_engine::chain(&e));
             }
         });

@@ -3,6 +3,7 @@
 //! and artifacts are downloaded from the real artifact server.
 
 mod harness;
+mod plugins;
 
 use std::time::Instant;
 

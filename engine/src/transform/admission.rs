@@ -155,6 +155,16 @@ pub(crate) fn admit(
     Ok(Admitted { limits, mounts })
 }
 
+/// Admission alone, nothing read: lets a controller refuse a generator before it fetches anything, so a
+/// revoked digest stalls it even when no source changed. `aliases` are the spec's source aliases.
+pub fn check(t: &Transform, admission: &Admission, aliases: &[&str]) -> Result<(), (Reason, String)> {
+    let sources = aliases
+        .iter()
+        .map(|a| ((*a).to_owned(), PathBuf::new()))
+        .collect();
+    admit(t, admission, &sources).map(|_| ())
+}
+
 fn min_limits(a: &Limits, b: &Limits) -> Limits {
     Limits {
         fuel: a.fuel.min(b.fuel),
