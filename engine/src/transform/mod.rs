@@ -22,7 +22,7 @@ pub mod report;
 pub mod tree;
 mod wasm;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, PoisonError};
@@ -127,6 +127,51 @@ impl Drop for Permit<'_> {
 pub struct Host {
     runtime: wasm::Runtime,
     permits: Permits,
+    /// Deterministic failures by run-input hash (design/plugins.md §8): a backoff retry of the same inputs
+    /// re-reports the failure without running the plugin again.
+    failures: Mutex<Memo>,
+}
+
+/// A bounded map of failed steps; the oldest entry goes first.
+#[derive(Default)]
+struct Memo {
+    steps: HashMap<[u8; 32], Step>,
+    order: VecDeque<[u8; 32]>,
+}
+
+const MEMO_ENTRIES: usize = 512;
+
+impl Memo {
+    fn get(&self, key: &[u8; 32]) -> Option<Step> {
+        self.steps.get(key).cloned()
+    }
+
+    fn insert(&mut self, key: [u8; 32], step: &Step) {
+        if self.steps.insert(key, step.clone()).is_none() {
+            self.order.push_back(key);
+        }
+        while self.order.len() > MEMO_ENTRIES {
+            if let Some(old) = self.order.pop_front() {
+                self.steps.remove(&old);
+            }
+        }
+    }
+}
+
+/// Everything a run's outcome depends on: the seed (digest, config, input tree, name), the limits, the
+/// context (sources by digest) and the mounts.
+fn memo_key(
+    seed: &[u8; 32],
+    limits: &Limits,
+    ctx: &TransformContext,
+    mounts: &[(String, PathBuf)],
+) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(b"artgen/transform-memo/v1");
+    h.update(seed);
+    let aliases: Vec<&str> = mounts.iter().map(|(a, _)| a.as_str()).collect();
+    h.update(format!("{limits:?}\n{ctx:?}\n{aliases:?}").as_bytes());
+    h.finalize().into()
 }
 
 impl std::fmt::Debug for Host {
@@ -279,7 +324,7 @@ fn seed(digest: &str, config: &str, tree: &[u8; 32], name: &str) -> [u8; 32] {
 }
 
 /// The outcome of one step, before it becomes a report.
-#[derive(Default)]
+#[derive(Clone, Default)]
 struct Step {
     digest: String,
     mode: Option<Mode>,
@@ -323,6 +368,7 @@ impl Host {
                 free: Mutex::new(n),
                 cv: Condvar::new(),
             },
+            failures: Mutex::default(),
         })
     }
 
@@ -632,12 +678,49 @@ impl Host {
             Err((reason, detail)) => return (step.failed(reason, detail), None),
         }
 
+        let seed = seed(&step.digest, config, tree_digest, &t.name);
+        let memo = memo_key(&seed, &admitted.limits, ctx, &admitted.mounts);
+        if let Some(mut failed) = self.memo().get(&memo) {
+            failed.diagnostics.push(Diagnostic::host(
+                Severity::Info,
+                "artgen.memoised",
+                "the same plugin, config, tree and limits failed before; not run again",
+            ));
+            return (failed, None);
+        }
+        let (step, digest) = self.run_step(step, work, t, admitted, config, ctx, &loaded, seed, is_last);
+        if let Some((reason, _)) = &step.failure
+            && reason.is_deterministic()
+            && reason.kind() == crate::error::ErrorKind::Build
+        {
+            self.memo().insert(memo, &step);
+        }
+        (step, digest)
+    }
+
+    fn memo(&self) -> std::sync::MutexGuard<'_, Memo> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs the loaded plugin in a fresh store, then checks and normalises the tree it left.
+    #[allow(clippy::too_many_arguments)]
+    fn run_step(
+        &self,
+        mut step: Step,
+        work: &Path,
+        t: &Transform,
+        admitted: &admission::Admitted,
+        config: &str,
+        ctx: &TransformContext,
+        loaded: &wasm::Loaded,
+        seed: [u8; 32],
+        is_last: bool,
+    ) -> (Step, Option<[u8; 32]>) {
         let limits = &admitted.limits;
         let out_limits = tree::OutputLimits {
             entries: limits.output_files,
             bytes: limits.output_bytes,
         };
-        let seed = seed(&step.digest, config, tree_digest, &t.name);
         let ran = {
             let _permit = self.permits.acquire();
             let watchdog = tree::Watchdog::start(work, out_limits).ok();
@@ -651,7 +734,7 @@ impl Host {
                 seed,
                 watchdog: watchdog.as_ref().map(|w| w.tripped.clone()),
             };
-            self.runtime.run(&loaded, &job)
+            self.runtime.run(loaded, &job)
         };
         step.fuel_used = ran.fuel_used;
         step.peak_memory = ran.peak_memory;

@@ -907,12 +907,14 @@ impl HostWallClock for FixedWall {
 
 struct FixedMonotonic;
 
+/// A monotonic clock that never moves (elapsed time is always 0). It reads 1, not 0: Go's runtime refuses
+/// to start on a zero `nanotime` ("nanotime returning zero"), and any constant is as deterministic.
 impl HostMonotonicClock for FixedMonotonic {
     fn resolution(&self) -> u64 {
         1
     }
     fn now(&self) -> u64 {
-        0
+        1
     }
 }
 
