@@ -4,6 +4,7 @@
 mod build;
 pub mod controller;
 mod crds;
+mod plugin;
 mod validate;
 
 use std::process::ExitCode;
@@ -36,6 +37,8 @@ pub enum Command {
     Crds(crds::Args),
     /// Run the ArtifactGenerator controller.
     Controller(Box<controller::Args>),
+    /// Plugin authoring tools: describe, run, digest and precompile a transform plugin.
+    Plugin(plugin::Args),
 }
 
 /// A failure of a subcommand: its exit code and the one-line message printed last on stderr.
@@ -70,6 +73,7 @@ pub fn main() -> ExitCode {
         Command::Validate(args) => validate::run(args),
         Command::Crds(args) => crds::run(args),
         Command::Controller(args) => controller::run(*args),
+        Command::Plugin(args) => plugin::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
