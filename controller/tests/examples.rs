@@ -1,5 +1,6 @@
 //! Runs `examples/run.sh` with the real binary and checks every artifact against the example's
-//! `expected.txt` (one `<artifact>/<file>` per line).
+//! `expected.txt` (one `<artifact>/<file>` per line). The `transforms` example needs the Rust plugins, which
+//! run.sh builds with `plugins/build.sh` (the wasm targets of rust-toolchain.toml must be installed).
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -30,6 +31,8 @@ fn examples_build_the_expected_artifacts() {
         .arg(root.join("examples/run.sh"))
         .arg(out.path())
         .env("ARTGEN", env!("CARGO_BIN_EXE_artgen"))
+        // artgen's compiled-plugin cache (default `$XDG_CACHE_HOME/artgen/plugins`): not the user's.
+        .env("XDG_CACHE_HOME", out.path().join(".cache"))
         .status()
         .unwrap();
     assert!(status.success(), "examples/run.sh failed");
@@ -60,7 +63,7 @@ fn examples_build_the_expected_artifacts() {
         assert_eq!(actual, expected, "example {name:?}");
         checked += 1;
     }
-    assert_eq!(checked, 3, "every example has an expected.txt");
+    assert_eq!(checked, 4, "every example has an expected.txt");
 
     // The Helm example's point: production values merged into the chart's values, chart defaults kept.
     let values = files_of(&out.path().join("helm-values/podinfo-composite.tar.gz"))
@@ -74,5 +77,34 @@ fn examples_build_the_expected_artifacts() {
     assert_eq!(
         values["image"]["repository"],
         yaml_serde::Value::from("ghcr.io/stefanprodan/podinfo")
+    );
+
+    // The transforms example: the values template rendered (source defaults under the generator's values) and
+    // the images pinned to the release.
+    let files = files_of(&out.path().join("transforms/storefront-prod.tar.gz"));
+    let file = |name: &str| -> yaml_serde::Value {
+        let bytes = &files.iter().find(|(p, _)| p == name).unwrap().1;
+        yaml_serde::from_slice(bytes).unwrap()
+    };
+    let values = file("cache/values.yaml");
+    assert_eq!(values["architecture"], yaml_serde::Value::from("replication"));
+    assert_eq!(values["replica"]["replicaCount"], yaml_serde::Value::from(3));
+    assert_eq!(
+        values["image"]["tag"],
+        yaml_serde::Value::from("7.4.2"),
+        "a default kept"
+    );
+    assert_eq!(
+        values["commonLabels"]["environment"],
+        yaml_serde::Value::from("prod")
+    );
+    let pod = &file("storefront/deployment.yaml")["spec"]["template"]["spec"];
+    assert_eq!(
+        pod["containers"][0]["image"],
+        yaml_serde::Value::from("ghcr.io/acme/storefront:2.4.1")
+    );
+    assert_eq!(
+        pod["initContainers"][0]["image"],
+        yaml_serde::Value::from("ghcr.io/acme/storefront-migrate:2.4.1")
     );
 }

@@ -395,7 +395,10 @@ fn infinite_loop_spin_runs_out_of_fuel_with_identical_fuel() {
     let mut fuel = vec![];
     for _ in 0..2 {
         let fx = Fixture::new("spin-");
-        let e = failed(run(&fx, std::slice::from_ref(&t)));
+        // A host each: the shared one would answer the second run from its failure memo.
+        let host = Host::new(HostOptions::default()).unwrap();
+        let ts = std::slice::from_ref(&t);
+        let e = failed(run_with(&host, &fx, ts, &allow_all_of(ts)));
         assert_eq!(e.reason, Reason::TransformOutOfFuel, "{e}");
         assert!(e.to_string().ends_with("ran out of fuel (300M)"), "{e}");
         let r = e.reports.last().unwrap();
@@ -404,6 +407,60 @@ fn infinite_loop_spin_runs_out_of_fuel_with_identical_fuel() {
     }
     assert_eq!(fuel[0], fuel[1]);
     assert!(fuel[0] > 0);
+}
+
+/// Design §8: a deterministic failure is memoised per run inputs, so a retry re-reports it without running
+/// the plugin; other inputs run again, and a timeout (load-dependent) is never memoised.
+#[test]
+fn deterministic_failures_are_memoised_timeouts_are_not() {
+    let host = Host::new(HostOptions::default()).unwrap();
+    let memoised = |r: &TransformReport| has_code(r, "artgen.memoised");
+    let spin = |fuel: &str| {
+        with_limits(
+            tf("spin", "infinite-loop", json!({"mode": "spin"})),
+            TransformLimits {
+                fuel: q(fuel),
+                ..Default::default()
+            },
+        )
+    };
+    let attempt = |t: &Transform, tree: &str| {
+        let fx = Fixture::new("memo-");
+        fx.write("a.txt", tree);
+        let ts = std::slice::from_ref(t);
+        let started = Instant::now();
+        let e = failed(run_with(&host, &fx, ts, &allow_all_of(ts)));
+        (e, started.elapsed())
+    };
+    let (first, ran) = attempt(&spin("300M"), "one");
+    assert!(!memoised(first.reports.last().unwrap()));
+    let (again, replayed) = attempt(&spin("300M"), "one");
+    let r = again.reports.last().unwrap();
+    assert!(memoised(r), "{r:?}");
+    assert_eq!(
+        (again.reason, r.fuel_used),
+        (Reason::TransformOutOfFuel, first.reports[0].fuel_used)
+    );
+    assert!(
+        replayed < ran,
+        "the replay ({replayed:?}) did not run the plugin ({ran:?})"
+    );
+    // Another tree or other limits are other inputs.
+    assert!(!memoised(attempt(&spin("300M"), "two").0.reports.last().unwrap()));
+    assert!(!memoised(attempt(&spin("200M"), "one").0.reports.last().unwrap()));
+
+    let sleep = with_limits(
+        tf("sleep", "infinite-loop", json!({"mode": "sleep"})),
+        TransformLimits {
+            timeout: Some("300ms".into()),
+            ..Default::default()
+        },
+    );
+    for _ in 0..2 {
+        let (e, _) = attempt(&sleep, "one");
+        assert_eq!(e.reason, Reason::TransformTimeout, "{e}");
+        assert!(!memoised(e.reports.last().unwrap()));
+    }
 }
 
 #[test]
@@ -926,4 +983,211 @@ fn inspect_describes_a_plugin() {
     assert_eq!(c.mode, artgen_engine::transform::Mode::Command);
     assert!(c.info.is_none());
     let _ = canonical_json(&json!({}));
+}
+
+// ---------------------------------------------------------------------------------------------------
+// A plugin in a second language: `plugins/go-command`, mainline Go (`GOOS=wasip1`) adapted into a command
+// component by the test harness (design/plugins.md §4, §12).
+
+const GO_DEPLOYMENT: &str = "\
+# the web tier
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels:
+    app: web
+    team: old # replaced
+spec:
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+        - name: web
+          image: nginx:1.27
+";
+
+const GO_SERVICES: &str = "\
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  ports: [{port: 80}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: flow-style}
+";
+
+fn go_labels(config: Value) -> Transform {
+    tf("labels", "go-command", config)
+}
+
+fn go_fixture(prefix: &str, reverse: bool) -> Fixture {
+    let fx = Fixture::new(prefix);
+    let mut files = vec![
+        ("deploy/web.yaml", GO_DEPLOYMENT),
+        ("deploy/services.yml", GO_SERVICES),
+        ("values.yaml", "replicaCount: 2\n"),
+        ("README.txt", "not yaml\n"),
+    ];
+    if reverse {
+        files.reverse();
+    }
+    for (p, c) in files {
+        fx.write(p, c);
+    }
+    fx
+}
+
+fn tree_digest(dir: &Path) -> String {
+    let mut bytes = vec![];
+    for (path, data) in snapshot(dir) {
+        bytes.extend_from_slice(path.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(&(data.len() as u64).to_le_bytes());
+        bytes.extend_from_slice(&data);
+    }
+    artgen_engine::transform::digest_of(&bytes)
+}
+
+/// Compiles and is accepted: a `wasi:cli/command` component whose imports are all on the allow-list.
+#[test]
+fn go_command_plugin_is_a_command_component() {
+    let d = shared_host().inspect(&built().bytes("go-command")).unwrap();
+    assert_eq!(d.mode, artgen_engine::transform::Mode::Command);
+    assert!(d.info.is_none());
+    assert!(
+        d.imports.iter().any(|i| i.starts_with("wasi:cli/exit@0.2")),
+        "{:?}",
+        d.imports
+    );
+}
+
+// The Go sample (mainline Go, wasip1, adapted to a command component). Go's runtime refuses to start on a
+// monotonic clock reading 0, which is why the host's fixed clock reads 1.
+
+#[test]
+fn go_command_plugin_stamps_labels_in_command_mode() {
+    let fx = go_fixture("go-", false);
+    let config = json!({"labels": {"team": "payments", "app.kubernetes.io/part-of": "shop"}});
+    let reports = ok(&fx, &[go_labels(config.clone())]);
+    let r = &reports[0];
+    assert_eq!(r.mode, Some(artgen_engine::transform::Mode::Command));
+    assert_eq!(r.result, TransformResult::Succeeded);
+    assert_eq!(
+        fx.read("deploy/web.yaml"),
+        GO_DEPLOYMENT.replace(
+            "    team: old # replaced\n",
+            "    team: \"payments\"\n    app.kubernetes.io/part-of: \"shop\"\n"
+        ),
+        "set in metadata.labels only, comments and the pod template untouched"
+    );
+    assert_eq!(
+        fx.read("deploy/services.yml"),
+        GO_SERVICES.replace(
+            "  name: web\n",
+            "  name: web\n  labels:\n    app.kubernetes.io/part-of: \"shop\"\n    team: \"payments\"\n"
+        )
+    );
+    assert_eq!(fx.read("values.yaml"), "replicaCount: 2\n", "not a manifest");
+    assert_eq!(fx.read("README.txt"), "not yaml\n");
+    // Diagnostics in walk order: one info per stamped manifest (path, line of `metadata:`), a warning for what
+    // the line editor leaves alone.
+    let diags: Vec<(&str, Option<&str>, Option<u32>)> = r
+        .diagnostics
+        .iter()
+        .map(|d| (d.code.as_str(), d.path.as_deref(), d.line))
+        .collect();
+    assert_eq!(
+        diags,
+        [
+            ("labels.stamped", Some("deploy/services.yml"), Some(4)),
+            ("labels.skipped", Some("deploy/services.yml"), Some(11)),
+            ("labels.stamped", Some("deploy/web.yaml"), Some(4)),
+        ],
+        "{:#?}",
+        r.diagnostics
+    );
+    assert_eq!(r.diagnostics[1].severity, Severity::Warning);
+    assert_eq!(
+        r.diagnostics[2].message,
+        "Deployment web: set app.kubernetes.io/part-of, team"
+    );
+    assert!(
+        r.stdout
+            .contains("go-command: artifact my-app: labels set on 2 of 3 manifest(s) in 3 file(s)"),
+        "the other stdout lines are the log: {:?}",
+        r.stdout
+    );
+    assert!(r.fuel_used > 0 && r.peak_memory_bytes > 0, "{r:?}");
+    // A rerun changes nothing and says nothing but the warning.
+    let before = snapshot(&fx.work());
+    let again = ok(&fx, &[go_labels(config)]);
+    assert_eq!(snapshot(&fx.work()), before);
+    assert!(
+        again[0].diagnostics.iter().all(|d| d.code == "labels.skipped"),
+        "{:#?}",
+        again[0].diagnostics
+    );
+    fx.assert_outside_untouched();
+}
+
+#[test]
+fn go_command_plugin_exit_codes_classify() {
+    let fx = go_fixture("go-exit-", false);
+    let before = snapshot(&fx.work());
+    // Exit 2 ⇒ invalid config, with the plugin's diagnostics.
+    for config in [
+        json!({}),
+        json!({"labels": {"team": "not a label value"}}),
+        json!({"labels": {"team": "x"}, "unknown": true}),
+    ] {
+        let e = failed(run(&fx, &[go_labels(config.clone())]));
+        assert_eq!(e.reason, Reason::PluginConfigInvalid, "{config}: {e}");
+        assert!(e.to_string().contains("exit status 2"), "{e}");
+        assert_eq!(e.diagnostics[0].code, "config.invalid", "{:?}", e.diagnostics);
+    }
+    // Exit 1 with an error diagnostic ⇒ rejected, nothing written.
+    let e = failed(run(
+        &fx,
+        &[go_labels(
+            json!({"labels": {"team": "payments"}, "overwrite": false}),
+        )],
+    ));
+    assert_eq!(e.reason, Reason::TransformFailed, "{e}");
+    let d = e
+        .diagnostics
+        .iter()
+        .find(|d| d.severity == Severity::Error)
+        .expect("an error diagnostic");
+    assert_eq!(d.code, "labels.conflict");
+    assert_eq!((d.path.as_deref(), d.line), (Some("deploy/web.yaml"), Some(8)));
+    assert!(e.to_string().contains("rejected (exit status 1)"), "{e}");
+    assert_eq!(snapshot(&fx.work()), before, "nothing is written when rejected");
+}
+
+#[test]
+fn go_command_plugin_is_deterministic() {
+    let t = go_labels(json!({"labels": {"team": "payments", "tier": "frontend"}}));
+    let a = go_fixture("go-det-one-", false);
+    let b = go_fixture("go-determinism-other-name-", true);
+    let ra = ok(&a, std::slice::from_ref(&t));
+    let rb = ok(&b, std::slice::from_ref(&t));
+    assert_eq!(tree_digest(&a.work()), tree_digest(&b.work()));
+    assert_ne!(
+        tree_digest(&a.work()),
+        tree_digest(&go_fixture("go-det-input-", false).work()),
+        "the plugin changed the tree"
+    );
+    assert_eq!(ra[0].diagnostics, rb[0].diagnostics);
+    assert_eq!(ra[0].stdout, rb[0].stdout);
+    assert_eq!(
+        ra[0].fuel_used, rb[0].fuel_used,
+        "fuel is deterministic, Go runtime included"
+    );
 }

@@ -3,17 +3,25 @@
 //!
 //! ```no_run
 //! # fn main() -> Result<(), String> {
-//! let built = artgen_e2e::plugins::build()?;            // Err if a Rust target is missing or cargo fails
+//! let built = artgen_e2e::plugins::build()?;            // Err if a target or `go` is missing, or a build fails
 //! let wasm = built.wasm("image-tag-setter");            // …/wasm32-wasip2/release/image_tag_setter.wasm
 //! let pin = built.digest("image-tag-setter");           // "sha256:…", for `plugin.digest` and the allow-list
 //! # let _ = (wasm, pin); Ok(()) }
 //! ```
 //!
-//! `build()` runs `cargo build --release` in `plugins/` (every default member, for `wasm32-wasip2`) and
-//! `cargo build --release --target wasm32-wasip1 -p core-module`. Both are no-ops when nothing changed. Test
-//! processes that build at the same time are serialised by cargo's own lock on `plugins/target`. It never skips:
-//! a missing target or a failed build is an `Err` that says what to do, and the caller decides (under `CI=true`
-//! the message says the failure is fatal there).
+//! `build()` runs `plugins/build.sh`, i.e. `cargo build --release` in `plugins/` (every default member, for
+//! `wasm32-wasip2`) and `cargo build --release --target wasm32-wasip1 -p core-module`, with the flags that make the
+//! bytes independent of the machine (`--remap-path-prefix` of the cargo home; `examples/run.sh` uses the same
+//! script, so the two share cargo's cache). Both are no-ops when nothing changed. Test processes that build at the
+//! same time are serialised by cargo's own lock on `plugins/target`.
+//!
+//! It also builds the Go sample (`plugins/go-command`, [`GO_SAMPLES`]) with mainline Go
+//! (`GOOS=wasip1 GOARCH=wasm go build`, a core module) and adapts it into a `wasi:cli/command` component with
+//! `wit-component` and the wasmtime 48.0.8 preview1 command adapter (design/plugins.md §12), giving
+//! `<target>/go/go_command.wasm`.
+//!
+//! It never skips: a missing target, a missing `go` or a failed build is an `Err` that says what to do, and the
+//! caller decides (under `CI=true` the message says the failure is fatal there).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,6 +41,9 @@ pub const TYPED_SAMPLES: &[&str] = &[
 ];
 /// Command-mode samples (`[[bin]]`, `wasi:cli/command`).
 pub const COMMAND_SAMPLES: &[&str] = &["command-sample"];
+/// Command-mode samples in Go (`plugins/<name>/`, a main package): wasip1 core modules adapted into
+/// `wasi:cli/command` components, written to `<target>/go/<name with _>.wasm`.
+pub const GO_SAMPLES: &[&str] = &["go-command"];
 /// Hostile plugins (`plugins/hostile/`); all typed components except `core-module`.
 pub const HOSTILE: &[&str] = &[
     "infinite-loop",
@@ -51,6 +62,7 @@ pub fn all() -> impl Iterator<Item = &'static str> {
     TYPED_SAMPLES
         .iter()
         .chain(COMMAND_SAMPLES)
+        .chain(GO_SAMPLES)
         .chain(HOSTILE)
         .copied()
 }
@@ -104,6 +116,9 @@ impl Built {
             all().any(|c| c == crate_name),
             "unknown plugin crate {crate_name:?}"
         );
+        if GO_SAMPLES.contains(&crate_name) {
+            return go_output(&self.target_dir, crate_name);
+        }
         let (target, file) = if crate_name == "core-module" {
             (CORE_TARGET, "core_module.wasm".to_owned())
         } else if COMMAND_SAMPLES.contains(&crate_name) {
@@ -145,16 +160,17 @@ fn build_uncached() -> Result<Built, String> {
         return Err(format!("plugin workspace not found at {}", dir.display()));
     }
     check_targets(&dir)?;
-    // CI keeps the wasm build cache outside the checkout (`ARTGEN_PLUGINS_TARGET_DIR`).
-    let target_dir = std::env::var_os("ARTGEN_PLUGINS_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| dir.join("target"));
-    cargo(&dir, &target_dir, &["build", "--release"])?;
-    cargo(
-        &dir,
-        &target_dir,
-        &["build", "--release", "--target", CORE_TARGET, "-p", "core-module"],
-    )?;
+    // CI keeps the wasm build cache outside the checkout (`ARTGEN_PLUGINS_TARGET_DIR`). Absolute, since the
+    // builds run in other directories than this process.
+    let target_dir = match std::env::var_os("ARTGEN_PLUGINS_TARGET_DIR") {
+        Some(d) => std::path::absolute(PathBuf::from(d))
+            .map_err(|e| fail(format!("ARTGEN_PLUGINS_TARGET_DIR: {e}")))?,
+        None => dir.join("target"),
+    };
+    cargo(&dir, &target_dir)?;
+    for name in GO_SAMPLES {
+        go(&dir.join(name), &target_dir, name)?;
+    }
     let built = Built { target_dir };
     for name in all() {
         let path = built.path_of(name);
@@ -226,40 +242,153 @@ fn check_targets(dir: &Path) -> Result<(), String> {
     }
 }
 
-fn cargo(dir: &Path, target_dir: &Path, args: &[&str]) -> Result<(), String> {
-    let program = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(&program);
-    cmd.args(args)
-        .arg("--target-dir")
-        .arg(target_dir)
+/// Runs `plugins/build.sh` (shared with `examples/run.sh`: same flags, same bytes, one cargo cache).
+fn cargo(dir: &Path, target_dir: &Path) -> Result<(), String> {
+    let script = dir.join("build.sh");
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script)
+        .env("ARTGEN_PLUGINS_TARGET_DIR", target_dir)
         .current_dir(dir);
-    // Settings meant for the host workspace must not leak into the wasm build.
-    for var in [
-        "CARGO_TARGET_DIR",
-        "CARGO_BUILD_TARGET",
-        "CARGO_BUILD_TARGET_DIR",
-        "RUSTFLAGS",
-        "CARGO_ENCODED_RUSTFLAGS",
-        "CARGO_BUILD_RUSTFLAGS",
-        "RUSTDOCFLAGS",
-        "CARGO_ENCODED_RUSTDOCFLAGS",
-    ] {
-        cmd.env_remove(var);
-    }
-    let shown = format!("cargo {} (in {})", args.join(" "), dir.display());
-    let out = cmd.output().map_err(|e| {
-        fail(format!(
-            "{shown}: cannot run {}: {e}",
-            Path::new(&program).display()
-        ))
-    })?;
+    // `CARGO` (the cargo running these tests) is passed on: the script uses it. The script also drops the host
+    // workspace's settings (`RUSTFLAGS`, `CARGO_TARGET_DIR`, …).
+    let shown = format!(
+        "{} (cargo build --release in {})",
+        script.display(),
+        dir.display()
+    );
+    let out = cmd
+        .output()
+        .map_err(|e| fail(format!("{shown}: cannot run bash: {e}")))?;
     if out.status.success() {
         return Ok(());
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    Err(fail(format!(
+        "{shown} failed ({}):\n{}",
+        out.status,
+        tail(&out.stderr)
+    )))
+}
+
+/// The last 60 lines of a tool's stderr.
+fn tail(stderr: &[u8]) -> String {
+    let stderr = String::from_utf8_lossy(stderr);
     let lines: Vec<&str> = stderr.lines().collect();
-    let tail = lines[lines.len().saturating_sub(60)..].join("\n");
-    Err(fail(format!("{shown} failed ({}):\n{tail}", out.status)))
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
+
+/// `<target>/go/<name with _>.wasm`: the adapted component of a [`GO_SAMPLES`] entry.
+fn go_output(target_dir: &Path, name: &str) -> PathBuf {
+    target_dir
+        .join("go")
+        .join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+/// Builds the Go main package in `src` for wasip1 and adapts the core module into a command component at
+/// [`go_output`]. The core module is kept next to it as `<name>.core.wasm`.
+///
+/// The build is made independent of the machine and of the user's Go settings: `-trimpath` (no file system
+/// paths), `-buildvcs=false` (no VCS stamp), `-ldflags=-s -w` (no symbol table, no DWARF: smaller, faster to
+/// compile in the host), `GOENV=off` and a fixed `GOFLAGS` (a `go env -w` file or `GOFLAGS` cannot add flags),
+/// `GOTOOLCHAIN=local` (never downloads a toolchain), `GOPROXY=off` (the sample uses the standard library only).
+/// The bytes then depend on the Go release (and the sources) only. The build cache is `$GOCACHE`, else
+/// `<target>/go/cache`, so CI caching `ARTGEN_PLUGINS_TARGET_DIR` keeps it.
+fn go(src: &Path, target_dir: &Path, name: &str) -> Result<(), String> {
+    let out_dir = target_dir.join("go");
+    std::fs::create_dir_all(&out_dir).map_err(|e| fail(format!("creating {}: {e}", out_dir.display())))?;
+    let go = std::env::var_os("GO").unwrap_or_else(|| "go".into());
+    let file = name.replace('-', "_");
+    // Per process, then renamed: test processes building at the same time never see a partial file.
+    let tmp = |what: &str| out_dir.join(format!(".{file}.{what}.{}.tmp", std::process::id()));
+    let core_tmp = tmp("core");
+    let mut cmd = Command::new(&go);
+    cmd.args(["build", "-ldflags=-s -w", "-o"])
+        .arg(&core_tmp)
+        .arg(".")
+        .current_dir(src)
+        .env("GOOS", "wasip1")
+        .env("GOARCH", "wasm")
+        .env("CGO_ENABLED", "0")
+        .env("GOENV", "off")
+        .env("GOFLAGS", "-trimpath -buildvcs=false -mod=readonly")
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .env("GOWORK", "off");
+    for var in ["GOWASM", "GOEXPERIMENT", "GODEBUG", "GOAMD64", "CC", "CGO_CFLAGS"] {
+        cmd.env_remove(var);
+    }
+    if std::env::var_os("GOCACHE").is_none() {
+        cmd.env("GOCACHE", out_dir.join("cache"));
+    }
+    let shown = format!("GOOS=wasip1 GOARCH=wasm go build (in {})", src.display());
+    let out = cmd.output().map_err(|e| {
+        fail(format!(
+            "{shown}: cannot run {}: {e}; the Go sample {name} needs Go >= 1.26 on PATH (or $GO)",
+            Path::new(&go).display()
+        ))
+    })?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&core_tmp);
+        return Err(fail(format!(
+            "{shown} failed ({}):\n{}",
+            out.status,
+            tail(&out.stderr)
+        )));
+    }
+    let core = std::fs::read(&core_tmp).map_err(|e| fail(format!("reading {}: {e}", core_tmp.display())))?;
+    let wit = src.join("wit");
+    let component = adapt_command(&core, wit.is_dir().then_some(wit.as_path()))
+        .map_err(|e| fail(format!("adapting {name} into a component: {e}")))?;
+    let publish = |tmp: &Path, bytes: &[u8], dest: &Path| -> Result<(), String> {
+        if std::fs::read(dest).is_ok_and(|b| b == bytes) {
+            let _ = std::fs::remove_file(tmp);
+            return Ok(()); // unchanged: keep the file (and its mtime)
+        }
+        std::fs::write(tmp, bytes)
+            .and_then(|()| std::fs::rename(tmp, dest))
+            .map_err(|e| fail(format!("writing {}: {e}", dest.display())))
+    };
+    publish(&core_tmp, &core, &out_dir.join(format!("{file}.core.wasm")))?;
+    publish(&tmp("component"), &component, &go_output(target_dir, name))
+}
+
+/// Adapts a wasip1 core module (a `_start` command) into a `wasi:cli/command` component with the preview1
+/// command adapter of wasmtime 48.0.8, like `wasm-tools component new --adapt` (design/plugins.md §12).
+///
+/// `wit_dir` (a WIT package with `deps/`, e.g. `plugins/go-command/wit`) declares the component-model imports
+/// the module makes itself (`//go:wasmimport wasi:cli/exit@0.2.12 exit-with-code`): its only world is embedded
+/// into the module first, like `wasm-tools component embed`.
+pub fn adapt_command(core_module: &[u8], wit_dir: Option<&Path>) -> Result<Vec<u8>, String> {
+    use wasi_preview1_component_adapter_provider::{
+        WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME, WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+    };
+    let mut module = core_module.to_vec();
+    if let Some(dir) = wit_dir {
+        let mut resolve = wit_parser::Resolve::default();
+        let (pkg, _) = resolve
+            .push_dir(dir)
+            .map_err(|e| format!("{}: {e:#}", dir.display()))?;
+        let world = resolve
+            .select_world(&[pkg], None)
+            .map_err(|e| format!("{}: {e:#}", dir.display()))?;
+        wit_component::embed_component_metadata(
+            &mut module,
+            &resolve,
+            world,
+            wit_component::StringEncoding::UTF8,
+        )
+        .map_err(|e| format!("embedding the WIT of {}: {e:#}", dir.display()))?;
+    }
+    wit_component::ComponentEncoder::default()
+        .validate(true)
+        .module(&module)
+        .and_then(|e| {
+            e.adapter(
+                WASI_SNAPSHOT_PREVIEW1_ADAPTER_NAME,
+                WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER,
+            )
+        })
+        .and_then(|mut e| e.encode())
+        .map_err(|e| format!("{e:#}"))
 }
 
 #[cfg(test)]
@@ -291,6 +420,15 @@ mod tests {
         let file = |n: &str| built.wasm(n).file_name().unwrap().to_string_lossy().into_owned();
         assert_eq!(file("values-templater"), "values_templater.wasm");
         assert_eq!(file("command-sample"), "command-sample.wasm");
+        assert_eq!(file("go-command"), "go_command.wasm");
+        let go_core = std::fs::read(built.target_dir().join("go/go_command.core.wasm")).unwrap();
+        assert!(is_core_module(&go_core), "go build gives a core module");
+        let wit = plugins_dir().join("go-command/wit");
+        assert_eq!(
+            adapt_command(&go_core, Some(&wit)).unwrap(),
+            built.bytes("go-command"),
+            "adapting is deterministic"
+        );
         assert!(
             built
                 .wasm("core-module")

@@ -1,0 +1,3 @@
+module artgen.invalid/plugins/go-command
+
+go 1.26
