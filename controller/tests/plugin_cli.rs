@@ -2,12 +2,12 @@
 //! built from `plugins/`. Exit codes: 0 success, 1 plugin failure (including an unusable component such as a
 //! core module), 2 usage or host error.
 
-use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Command, Output};
 
 use artgen_e2e::plugins::{self, Built};
+use artgen_e2e::tree::{DEPLOYMENT, snapshot, write};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
@@ -63,31 +63,6 @@ fn json(o: &Output) -> Value {
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr: {}", stdout(o), stderr(o)))
 }
 
-fn write(root: &Path, path: &str, text: &str) {
-    let p = root.join(path);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
-
-/// Every entry below `dir` (directories end with `/`) with its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
-            if p.is_dir() {
-                out.insert(format!("{rel}/"), vec![]);
-                walk(root, &p, out);
-            } else {
-                out.insert(rel, std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk(dir, dir, &mut out);
-    out
-}
-
 fn strings(v: &Value) -> Vec<&str> {
     v.as_array()
         .unwrap_or_else(|| panic!("not an array: {v}"))
@@ -95,8 +70,6 @@ fn strings(v: &Value) -> Vec<&str> {
         .map(|s| s.as_str().unwrap())
         .collect()
 }
-
-const DEPLOYMENT: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  template:\n    spec:\n      containers:\n        - name: web\n          image: nginx:1.0\n";
 
 // ---------------------------------------------------------------------------------------------------
 // digest

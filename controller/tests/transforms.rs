@@ -5,14 +5,7 @@ use std::path::Path;
 use std::process::Command;
 
 use artgen_e2e::plugins;
-
-fn write(root: &Path, path: &str, text: &str) {
-    let p = root.join(path);
-    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-    std::fs::write(p, text).unwrap();
-}
-
-const DEPLOYMENT: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  template:\n    spec:\n      containers:\n        - name: web\n          image: nginx:1.0\n";
+use artgen_e2e::tree::{DEPLOYMENT, write};
 
 struct Setup {
     dir: tempfile::TempDir,

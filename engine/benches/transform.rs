@@ -643,8 +643,7 @@ fn cached_load(name: &str, bytes: &[u8], dir: &Path, runs: usize) -> Result<Dura
     let m = median(load.clone());
     println!(
         "cached load {name}: precompile() on a new host median {} (min {}), of which sha256 of the \
-         component (the pin check) ~{}, so {} without it; for reference, reading the .cwasm into memory \
-         (which mapping it avoids) ~{} [load {}]",
+         component (the pin check) ~{}, so {} without it; of which reading the .cwasm into memory ~{} [load {}]",
         fmt_d(m),
         fmt_d(min(&load)),
         fmt_d(median(sha.clone())),

@@ -9,3 +9,4 @@ pub mod control_plane;
 pub mod fixtures;
 pub mod plugins;
 pub mod source_server;
+pub mod tree;

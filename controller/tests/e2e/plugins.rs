@@ -9,13 +9,12 @@ use std::sync::Arc;
 use artgen::crd::TransformPluginPolicy;
 use artgen_e2e::fixtures::SourceKind;
 use artgen_e2e::plugins;
+use artgen_e2e::tree::{DEPLOYMENT, snapshot};
 use artgen_engine::transform::{Admission, Allowed, Host, HostOptions};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 
 use crate::harness::{Env, Result, artifact_of, condition};
-
-const DEPLOYMENT: &str = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  template:\n    spec:\n      containers:\n        - name: web\n          image: nginx:1.0\n";
 
 /// A controller whose transforms use `host` and allow `allowed` by flag (`--plugin-allow-digest`).
 async fn env_with_plugins(test: &str, host: Arc<Host>, allowed: Vec<String>, work: &Path) -> Result<Env> {
@@ -35,11 +34,26 @@ async fn env_with_plugins(test: &str, host: Arc<Host>, allowed: Vec<String>, wor
     .await
 }
 
-fn host(cache: &Path) -> Result<Arc<Host>> {
+/// A plugin host whose compiled-code cache persists under the target dir, so that reruns skip compiling.
+fn host() -> Result<Arc<Host>> {
     Ok(Arc::new(Host::new(HostOptions {
-        cache_dir: Some(cache.to_owned()),
+        cache_dir: Some(Path::new(env!("CARGO_TARGET_TMPDIR")).join("e2e-plugin-cache")),
         concurrency: 2,
     })?))
+}
+
+/// Compiles `names` into `host` before the test waits on reconciles that run them: a cold compile of a large
+/// plugin in a debug build on a busy machine can outlast the harness's wait (production warms the cache
+/// with `artgen plugin precompile` for the same reason).
+async fn warm(host: &Arc<Host>, names: &[&str]) -> Result {
+    let built = plugins::build().map_err(|e| format!("building plugins/: {e}"))?;
+    for name in names {
+        let (host, bytes) = (host.clone(), built.bytes(name));
+        tokio::task::spawn_blocking(move || host.precompile(&bytes))
+            .await?
+            .map_err(|e| format!("compiling {name}: {}", e.message))?;
+    }
+    Ok(())
 }
 
 /// Publishes the OCIRepository `transforms` holding `names` as `<name>.wasm`.
@@ -106,6 +120,19 @@ async fn apply_policy(env: &Env, name: &str, spec: serde_json::Value) -> Result<
         .await?)
 }
 
+/// A policy spec allowing `digest` in namespaces labelled `artgen.test/tenant=<tenant>`.
+fn allow(name: &str, digest: &str, tenant: &str, max_limits: Option<serde_json::Value>) -> serde_json::Value {
+    let mut entry = serde_json::json!({
+        "name": name,
+        "digests": [digest],
+        "namespaceSelector": {"matchLabels": {"artgen.test/tenant": tenant}},
+    });
+    if let Some(l) = max_limits {
+        entry["maxLimits"] = l;
+    }
+    serde_json::json!({"plugins": [entry]})
+}
+
 async fn wait_policy_ready(env: &Env, name: &str, status: &str) -> Result<TransformPluginPolicy> {
     let api: Api<TransformPluginPolicy> = Api::all(env.client.clone());
     env.wait(&format!("policy {name} Ready={status}"), || async {
@@ -126,7 +153,7 @@ async fn wait_policy_ready(env: &Env, name: &str, status: &str) -> Result<Transf
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn policies_admit_by_namespace_and_revocation_stalls() -> Result {
     let tmp = tempfile::tempdir()?;
-    let host = host(&tmp.path().join("plugin-cache"))?;
+    let host = host()?;
     std::fs::create_dir_all(tmp.path().join("work"))?;
     let env = env_with_plugins("plugin-policy", host.clone(), vec![], &tmp.path().join("work")).await?;
     let digests = publish_plugins(&env, &["image-tag-setter"]).await?;
@@ -164,19 +191,11 @@ async fn policies_admit_by_namespace_and_revocation_stalls() -> Result {
         "a refused plugin is not compiled or loaded"
     );
 
+    warm(&host, &["image-tag-setter"]).await?;
     // A policy for namespaces labelled `artgen.test/tenant=<ns>`; labelling the namespace admits the digest.
     let tenant = env.ns.clone();
     let policy = format!("{}-allow", env.ns);
-    apply_policy(
-        &env,
-        &policy,
-        serde_json::json!({"plugins": [{
-            "name": "image-tag-setter",
-            "digests": [setter],
-            "namespaceSelector": {"matchLabels": {"artgen.test/tenant": tenant}},
-        }]}),
-    )
-    .await?;
+    apply_policy(&env, &policy, allow("image-tag-setter", setter, &tenant, None)).await?;
     wait_policy_ready(&env, &policy, "True").await?;
     label_namespace(&env, "artgen.test/tenant", Some(&tenant)).await?;
     let ready = env.wait_ready("web").await?;
@@ -210,12 +229,12 @@ async fn policies_admit_by_namespace_and_revocation_stalls() -> Result {
     apply_policy(
         &env,
         &policy,
-        serde_json::json!({"plugins": [{
-            "name": "image-tag-setter",
-            "digests": [setter],
-            "namespaceSelector": {"matchLabels": {"artgen.test/tenant": tenant}},
-            "maxLimits": {"fuel": "1G"},
-        }]}),
+        allow(
+            "image-tag-setter",
+            setter,
+            &tenant,
+            Some(serde_json::json!({"fuel": "1G"})),
+        ),
     )
     .await?;
     let stalled = env
@@ -231,16 +250,7 @@ async fn policies_admit_by_namespace_and_revocation_stalls() -> Result {
 
     // Deleting the policy revokes too; the artifact still stays.
     let api: Api<TransformPluginPolicy> = Api::all(env.client.clone());
-    apply_policy(
-        &env,
-        &policy,
-        serde_json::json!({"plugins": [{
-            "name": "image-tag-setter",
-            "digests": [setter],
-            "namespaceSelector": {"matchLabels": {"artgen.test/tenant": tenant}},
-        }]}),
-    )
-    .await?;
+    apply_policy(&env, &policy, allow("image-tag-setter", setter, &tenant, None)).await?;
     env.wait_ready("web").await?;
     api.delete(&policy, &DeleteParams::default()).await?;
     env.wait_condition("web", "Stalled", "True", "PluginNotAllowed")
@@ -255,12 +265,12 @@ async fn policies_admit_by_namespace_and_revocation_stalls() -> Result {
     apply_policy(
         &env,
         &greedy,
-        serde_json::json!({"plugins": [{
-            "name": "greedy",
-            "digests": [setter],
-            "namespaceSelector": {"matchLabels": {"artgen.test/tenant": "nobody"}},
-            "maxLimits": {"fuel": "500G"},
-        }]}),
+        allow(
+            "greedy",
+            setter,
+            "nobody",
+            Some(serde_json::json!({"fuel": "500G"})),
+        ),
     )
     .await?;
     let p = wait_policy_ready(&env, &greedy, "False").await?;
@@ -277,23 +287,6 @@ async fn policies_admit_by_namespace_and_revocation_stalls() -> Result {
         "{metrics}"
     );
     Ok(())
-}
-
-/// Every file under `dir`, with its bytes.
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            let p = e.path();
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(p);
-            } else if let Ok(bytes) = std::fs::read(&p) {
-                out.insert(p.strip_prefix(dir).unwrap().display().to_string(), bytes);
-            }
-        }
-    }
-    out
 }
 
 /// Sample plugins change the artifact through the controller; each hostile plugin then fails the artifact
@@ -316,7 +309,8 @@ async fn hostile_plugins_fail_their_artifact_while_others_keep_serving() -> Resu
     let built = plugins::build().map_err(|e| format!("building plugins/: {e}"))?;
     let tmp = tempfile::tempdir()?;
     std::fs::create_dir_all(tmp.path().join("work"))?;
-    let host = host(&tmp.path().join("plugin-cache"))?;
+    let host = host()?;
+    warm(&host, &names).await?;
     let allowed = names.iter().map(|n| built.digest(n)).collect();
     let env = env_with_plugins("plugin-hostile", host, allowed, &tmp.path().join("work")).await?;
     let d = publish_plugins(&env, &names).await?;

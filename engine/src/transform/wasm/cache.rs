@@ -166,10 +166,10 @@ const MAX_CWASM_BYTES: u64 = 512 << 20;
 
 /// The only `unsafe` in the plugin host.
 ///
-/// The file is mapped (`Component::deserialize_file`), not read: copying a multi-MiB `.cwasm` costs more
-/// than the rest of a cached load (design/plugins.md §10 budgets the whole load at ≤ 1 ms). A mapped file
-/// that is truncated in place would fault the process; this cache never does that: `Disk::store` writes a
-/// temp file and renames it over, and a bad file is unlinked, which keeps existing mappings valid.
+/// The file is read into memory rather than mapped (`Component::deserialize_file`, which design/plugins.md
+/// §5 suggests): a mapped file that is truncated while in use faults the whole process (SIGBUS, as the
+/// corrupt-cache test shows when it truncates a file a live host has mapped); a read copy cannot. That costs
+/// a few milliseconds once per digest per process (the memory cache serves every later run).
 #[allow(unsafe_code)]
 fn deserialize_private(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
     let size = fs::symlink_metadata(path)?.len();
@@ -179,14 +179,15 @@ fn deserialize_private(engine: &Engine, path: &Path) -> wasmtime::Result<Compone
             path.display()
         ));
     }
-    // SAFETY: `Component::deserialize_file` trusts its input to be wasmtime-produced machine code that
-    // does not change while mapped. `path` is inside the 0700 cache directory that `Disk::open` created
-    // or verified as private to this user (never under --storage-path, which is served over HTTP), and
-    // only `Disk::store` writes there (temp file + rename, never in place), from `Component::serialize`
-    // of code this process compiled itself; user-supplied `.cwasm` files are never accepted. wasmtime
-    // itself rejects files from another version, configuration or CPU (the directory name is the
-    // engine's compatibility hash as well), and any such error is treated as a miss.
-    unsafe { Component::deserialize_file(engine, path) }
+    // One allocation of the file's size (`fs::read` sizes the buffer from the metadata).
+    let bytes = fs::read(path)?;
+    // SAFETY: `Component::deserialize` trusts its input to be wasmtime-produced machine code. `path` is
+    // inside the 0700 cache directory that `Disk::open` created or verified as private to this user (never
+    // under --storage-path, which is served over HTTP), and only `Disk::store` writes there, from
+    // `Component::serialize` of code this process compiled itself; user-supplied `.cwasm` files are never
+    // accepted. wasmtime itself rejects files from another version, configuration or CPU (the directory
+    // name is the engine's compatibility hash as well), and any such error is treated as a miss.
+    unsafe { Component::deserialize(engine, &bytes) }
 }
 
 /// A small LRU keyed by plugin digest.

@@ -633,7 +633,8 @@ fn classify(s: &State, e: &wasmtime::Error, limits: &Limits, stderr: &[u8]) -> (
         return (
             Reason::TransformOutputInvalid,
             format!(
-                "output exceeded the limits while running ({} files and directories, {})",
+                "output exceeded the limits while running (limits.outputFiles {} files and directories, \
+                 limits.outputBytes {})",
                 limits.output_files,
                 format_bytes(limits.output_bytes)
             ),
