@@ -430,7 +430,7 @@ impl Reconciler<'_> {
                 .map(|c| c.last_transition_time.clone())
                 .unwrap_or(Time(Timestamp::now())),
         };
-        let artifact = Artifact {
+        let mut artifact = Artifact {
             path: stored.path.clone(),
             url: stored.url.clone(),
             revision: art.revision.clone(),
@@ -442,6 +442,18 @@ impl Reconciler<'_> {
                 .as_ref()
                 .map(|r| BTreeMap::from([(ORIGIN_REVISION_KEY.to_owned(), r.clone())])),
         };
+        // A rebuild that gives the same artifact keeps its lastUpdateTime (the artifact did not change), and
+        // when the Ready condition is the same too there is nothing to write.
+        let current = applied.status.as_ref().and_then(|s| s.artifact.as_ref());
+        if let Some(c) = current {
+            artifact.last_update_time = c.last_update_time.clone();
+            if *c == artifact && previous == Some(&ready) {
+                return Ok(stored);
+            }
+            if *c != artifact {
+                artifact.last_update_time = Time(Timestamp::now());
+            }
+        }
         let status = json!({
             "apiVersion": external_artifact::API_VERSION,
             "kind": external_artifact::KIND,

@@ -253,7 +253,11 @@ spec:
     let search = env.wait_external_artifact("search", "created", |_| true).await?;
     assert_eq!(search.labels().get("app").map(String::as_str), Some("search"));
     env.wait_external_artifact_gone("billing").await?;
-    assert!(!env.storage_path("billing").exists(), "billing storage removed");
+    let billing = env.storage_path("billing");
+    env.wait("billing storage removed", || async {
+        Ok((!billing.exists()).then_some(()))
+    })
+    .await?;
     env.wait_event(
         "apps",
         "GarbageCollectionSucceeded",

@@ -497,7 +497,7 @@ async fn hostile_plugins_fail_their_artifact_while_others_keep_serving() -> Resu
         "artgen_transform_runs_total{result=\"Succeeded\"}",
         "artgen_transform_failures_total{reason=\"TransformOutOfFuel\"}",
         "artgen_transform_failures_total{reason=\"TransformTrapped\"}",
-        "artgen_plugin_cache_lookups_total{tier=\"compile\"}",
+        "artgen_plugin_cache_lookups_total{tier=\"memory\"}",
         "artgen_transform_fuel_used_count",
         "artgen_plugin_compile_duration_seconds_count",
     ] {
