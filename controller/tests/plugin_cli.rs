@@ -2,8 +2,8 @@
 //! built from `plugins/`. Exit codes: 0 success, 1 plugin failure (including an unusable component such as a
 //! core module), 2 usage or host error.
 
-use std::ffi::OsStr;
-use std::path::Path;
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use artgen_e2e::plugins::{self, Built};
@@ -32,6 +32,20 @@ where
         .args(args)
         .output()
         .unwrap()
+}
+
+/// `artgen plugin run` of `plugin` over `tree` with the shared compile cache, plus `extra` flags.
+fn run_plugin(plugin: PathBuf, tree: &Path, extra: &[&str]) -> Output {
+    let mut args: Vec<OsString> = vec![
+        "run".into(),
+        cache_arg().into(),
+        "--plugin".into(),
+        plugin.into_os_string(),
+        "--tree".into(),
+        tree.as_os_str().to_owned(),
+    ];
+    args.extend(extra.iter().map(OsString::from));
+    artgen(args)
 }
 
 fn stdout(o: &Output) -> String {
@@ -336,16 +350,7 @@ fn run_twice_passes_for_yaml_to_json() {
     write(&tree, "m/n/o.yml", "- 1\n---\n- 2\n");
     write(&tree, "keep.txt", "text\n");
     let before = snapshot(&tree);
-    let o = artgen([
-        OsStr::new("run"),
-        OsStr::new(&cache_arg()),
-        OsStr::new("--plugin"),
-        b.wasm("yaml-to-json").as_os_str(),
-        OsStr::new("--tree"),
-        tree.as_os_str(),
-        OsStr::new("--twice"),
-        OsStr::new("--json"),
-    ]);
+    let o = run_plugin(b.wasm("yaml-to-json"), &tree, &["--twice", "--json"]);
     code(&o, 0);
     let v = json(&o);
     assert_eq!(v["result"], "Succeeded");
@@ -362,15 +367,7 @@ fn run_twice_passes_for_yaml_to_json() {
     assert!(strings(&twice["differences"]["changed"]).is_empty());
     assert_eq!(snapshot(&tree), before);
 
-    let o = artgen([
-        OsStr::new("run"),
-        OsStr::new(&cache_arg()),
-        OsStr::new("--plugin"),
-        b.wasm("yaml-to-json").as_os_str(),
-        OsStr::new("--tree"),
-        tree.as_os_str(),
-        OsStr::new("--twice"),
-    ]);
+    let o = run_plugin(b.wasm("yaml-to-json"), &tree, &["--twice"]);
     code(&o, 0);
     assert!(stdout(&o).contains("--twice      identical"), "{}", stdout(&o));
 }
@@ -387,16 +384,7 @@ fn run_secret_scanner_finding_a_secret_exits_1_with_the_reason() {
         "# creds\nAWS_ACCESS_KEY_ID=AKIAABCDEFGHIJKLMNOP\n",
     );
     let before = snapshot(&tree);
-    let o = artgen([
-        OsStr::new("run"),
-        OsStr::new(&cache_arg()),
-        OsStr::new("--plugin"),
-        b.wasm("secret-scanner").as_os_str(),
-        OsStr::new("--tree"),
-        tree.as_os_str(),
-        OsStr::new("--json"),
-        OsStr::new("--twice"),
-    ]);
+    let o = run_plugin(b.wasm("secret-scanner"), &tree, &["--json", "--twice"]);
     code(&o, 1);
     let err = last_err(&o);
     assert!(err.starts_with("error: TransformFailed: "), "{}", stderr(&o));
@@ -426,14 +414,7 @@ fn run_hostile_panic_exits_1_trapped() {
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
     write(&tree, "a.txt", "a\n");
-    let o = artgen([
-        OsStr::new("run"),
-        OsStr::new(&cache_arg()),
-        OsStr::new("--plugin"),
-        b.wasm("panic").as_os_str(),
-        OsStr::new("--tree"),
-        tree.as_os_str(),
-    ]);
+    let o = run_plugin(b.wasm("panic"), &tree, &[]);
     code(&o, 1);
     let err = last_err(&o);
     assert!(

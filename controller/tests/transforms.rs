@@ -61,7 +61,12 @@ spec:
 }
 
 fn build(s: &Setup, out: &str, extra: &[&str]) -> std::process::Output {
-    let root = s.dir.path();
+    build_in(s.dir.path(), out, extra)
+}
+
+/// `artgen build --json` of `root/generator.yaml` with the sources `app` and `plugins` under `root`, into
+/// `root/out`, with a compile cache in `root/cache`.
+fn build_in(root: &Path, out: &str, extra: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_artgen"))
         .arg("build")
         .arg("-f")
@@ -201,21 +206,7 @@ spec:
 "#
         ),
     );
-    let run = |out: &str, extra: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_artgen"))
-            .arg("build")
-            .arg("-f")
-            .arg(root.join("generator.yaml"))
-            .arg(format!("--source=app={}", root.join("app").display()))
-            .arg(format!("--source=plugins={}", root.join("plugins").display()))
-            .arg("-o")
-            .arg(root.join(out))
-            .arg("--json")
-            .arg(format!("--plugin-cache-dir={}", root.join("cache").display()))
-            .args(extra)
-            .output()
-            .unwrap()
-    };
+    let run = |out: &str, extra: &[&str]| build_in(root, out, extra);
     let denied = run("denied", &[]);
     assert_eq!(denied.status.code(), Some(1), "not allowed without the digest");
 
@@ -298,20 +289,8 @@ spec:
             pin("secret-scanner")
         ),
     );
-    let run = |out: &str| {
-        Command::new(env!("CARGO_BIN_EXE_artgen"))
-            .arg("build")
-            .arg("-f")
-            .arg(root.join("generator.yaml"))
-            .arg(format!("--source=app={}", root.join("app").display()))
-            .arg(format!("--source=plugins={}", root.join("plugins").display()))
-            .arg("-o")
-            .arg(root.join(out))
-            .arg(format!("--plugin-cache-dir={}", root.join("cache").display()))
-            .args(&allow)
-            .output()
-            .unwrap()
-    };
+    let allow: Vec<&str> = allow.iter().map(String::as_str).collect();
+    let run = |out: &str| build_in(root, out, &allow);
     let clean = run("clean");
     assert!(
         clean.status.success(),
