@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use artgen_engine::fetch::{HttpOptions, Limits, SourceCache};
@@ -11,10 +11,11 @@ use artgen_engine::store::Storage;
 use kube::Client;
 use kube::runtime::reflector::Store;
 
-use crate::crd::{ExternalArtifact, FluxSource};
+use crate::crd::{ArtifactGenerator, ExternalArtifact, FluxSource};
 use crate::events::Recorder;
 use crate::metrics::Metrics;
 use crate::policy::PolicyStores;
+use crate::ratelimit::ApiBudget;
 
 /// The reconciler's settings, resolved from the flags (spec §11).
 #[derive(Clone, Debug)]
@@ -82,12 +83,21 @@ pub struct Context {
     /// TransformPluginPolicies and namespace labels; `None` when plugins are off or admission needs no
     /// policies (`--allow-any-plugin`).
     pub policies: Option<PolicyStores>,
+    /// The main client's rate limiter: whether a write would go out now.
+    pub api_budget: ApiBudget,
     /// Becomes true once every watch cache has its initial listing.
     synced: tokio::sync::watch::Receiver<bool>,
     retries: Mutex<HashMap<String, Retries>>,
-    /// Per generator, the resourceVersions our writes replaced (a few): a cached object still at one of
-    /// them predates a write of ours.
-    superseded: Mutex<HashMap<String, Vec<String>>>,
+    /// Per generator, our writes the watch cache may not have delivered yet.
+    written: Mutex<HashMap<String, Written>>,
+}
+
+/// The resourceVersions our writes replaced (a few) and the object the latest write returned: a cached
+/// object still at a replaced version predates that write, and the returned object is what a GET would
+/// give, without spending a request of the API budget on it.
+struct Written {
+    replaced: Vec<String>,
+    latest: Arc<ArtifactGenerator>,
 }
 
 /// Consecutive failures of one generator, for the two backoffs of spec §9.6.
@@ -121,9 +131,10 @@ impl Context {
             sources,
             external_artifacts,
             policies: None,
+            api_budget: ApiBudget::default(),
             synced,
             retries: Mutex::new(HashMap::new()),
-            superseded: Mutex::new(HashMap::new()),
+            written: Mutex::new(HashMap::new()),
         }
     }
 
@@ -138,30 +149,39 @@ impl Context {
         )
     }
 
-    /// Records that a write of ours replaced `resource_version` of the generator `key`.
-    pub fn mark_superseded(&self, key: &str, resource_version: Option<String>) {
-        let Some(rv) = resource_version else { return };
-        let mut m = self.superseded.lock().unwrap_or_else(|p| p.into_inner());
-        let list = m.entry(key.to_owned()).or_default();
-        if list.len() >= 8 {
-            list.remove(0);
+    /// Records a write of ours to the generator `key`: it replaced `replaced` and returned `latest`.
+    pub fn record_write(&self, key: &str, replaced: Option<String>, latest: ArtifactGenerator) {
+        let mut m = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let latest = Arc::new(latest);
+        let entry = m.entry(key.to_owned()).or_insert_with(|| Written {
+            replaced: Vec::new(),
+            latest: latest.clone(),
+        });
+        if let Some(rv) = replaced {
+            if entry.replaced.len() >= 8 {
+                entry.replaced.remove(0);
+            }
+            entry.replaced.push(rv);
         }
-        list.push(rv);
+        entry.latest = latest;
     }
 
-    /// Whether the cached object at `resource_version` predates one of our writes (the watch has not
-    /// delivered it yet).
-    pub fn is_superseded(&self, key: &str, resource_version: Option<&str>) -> bool {
-        let m = self.superseded.lock().unwrap_or_else(|p| p.into_inner());
-        resource_version.is_some_and(|rv| m.get(key).is_some_and(|l| l.iter().any(|r| r == rv)))
+    /// The object a pass should work on: `cached`, unless it predates a write of ours, then what that
+    /// write returned. Once the cache has caught up the record is dropped.
+    pub fn current(&self, key: &str, cached: Arc<ArtifactGenerator>) -> Arc<ArtifactGenerator> {
+        let mut m = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(w) = m.get(key) else { return cached };
+        let rv = cached.metadata.resource_version.as_deref();
+        if rv.is_some_and(|rv| w.replaced.iter().any(|r| r == rv)) {
+            return w.latest.clone();
+        }
+        m.remove(key);
+        cached
     }
 
     /// Forgets the generator (deleted).
     pub fn forget(&self, key: &str) {
-        self.superseded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
+        self.written.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
         self.reset_retries(key);
     }
 

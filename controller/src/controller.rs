@@ -24,6 +24,7 @@ use crate::crd::{ArtifactGenerator, ExternalArtifact, FluxSource, TransformPlugi
 use crate::events::Recorder;
 use crate::metrics::Metrics;
 use crate::policy::{self, PolicyStores};
+use crate::ratelimit::ApiBudget;
 use crate::reconcile::{self, GENERATOR_LABEL, REQUESTED_AT_ANNOTATION, SUSPEND_ANNOTATION};
 
 /// Start-up and serving failures of `artgen controller`.
@@ -66,6 +67,8 @@ pub struct Options {
     pub instance: String,
     /// A client with its own request budget for events (`None`: the main client).
     pub events_client: Option<Client>,
+    /// The main client's rate limiter (default: unlimited).
+    pub api_budget: ApiBudget,
 }
 
 impl Options {
@@ -125,6 +128,7 @@ impl Options {
             source_cache_max_size: args.source_cache_max_size,
             instance: hostname,
             events_client: None,
+            api_budget: ApiBudget::default(),
         })
     }
 }
@@ -294,6 +298,7 @@ pub async fn run_controller(
         source_cache_max_size,
         instance,
         events_client,
+        api_budget,
     } = options;
     let wc = watcher::Config::default();
     let mut generator_wc = watcher::Config::default();
@@ -474,6 +479,7 @@ pub async fn run_controller(
         synced,
     );
     ctx.policies = policies;
+    ctx.api_budget = api_budget;
     let ctx = Arc::new(ctx);
     ctl.graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
@@ -495,18 +501,18 @@ pub async fn run(args: Args, gates: FeatureGates) -> Result<(), Error> {
         .await
         .map_err(|e| Error::Config(format!("kubeconfig: {e}")))?;
     config.read_timeout = Some(Duration::from_secs(300));
-    let build_client = |config| {
-        crate::ratelimit::client(config, args.kube_api_qps, args.kube_api_burst).map_err(|source| {
-            Error::Kube {
-                context: "building the Kubernetes client",
-                source,
-            }
+    let metrics = Metrics::new();
+    let build_client = |config, name| {
+        let (qps, burst) = (args.kube_api_qps, args.kube_api_burst);
+        crate::ratelimit::client(config, qps, burst, metrics.clone(), name).map_err(|source| Error::Kube {
+            context: "building the Kubernetes client",
+            source,
         })
     };
-    let client = build_client(config.clone())?;
+    let (client, api_budget) = build_client(config.clone(), "controller")?;
+    options.api_budget = api_budget;
     // Events get their own request budget, as client-go's event broadcaster has.
-    options.events_client = Some(build_client(config)?);
-    let metrics = Metrics::new();
+    options.events_client = Some(build_client(config, "events")?.0);
     let health = Health::default();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {

@@ -36,6 +36,8 @@ pub struct Metrics {
     transform_fuel: Histogram,
     plugin_compile: Histogram,
     plugin_lookups: Family<Labels, Counter>,
+    api_requests: Family<Labels, Counter>,
+    api_rate_limiter: Histograms,
     /// The plugin host's cumulative stats at the last [`Metrics::plugin_cache`] call.
     plugin_seen: Arc<Mutex<CacheStats>>,
 }
@@ -110,6 +112,19 @@ impl Metrics {
             "Compiled-plugin lookups by the tier that answered (memory, disk, compile)",
             plugin_lookups.clone(),
         );
+        // client-go's names (controller-runtime exposes them for every Flux controller).
+        let api_requests = Family::<Labels, Counter>::default();
+        let api_rate_limiter: Histograms = Family::new_with_constructor(duration_histogram);
+        registry.register(
+            "rest_client_requests",
+            "Kubernetes API requests by method and status code",
+            api_requests.clone(),
+        );
+        registry.register(
+            "rest_client_rate_limiter_duration_seconds",
+            "Time a Kubernetes API request waited for the client-side rate limiter",
+            api_rate_limiter.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             reconcile_duration,
@@ -122,6 +137,8 @@ impl Metrics {
             transform_fuel,
             plugin_compile,
             plugin_lookups,
+            api_requests,
+            api_rate_limiter,
             plugin_seen: Arc::default(),
         }
     }
@@ -160,6 +177,22 @@ impl Metrics {
         self.suspend
             .get_or_create(&object)
             .set(i64::from(is_suspended(generator) && status.is_some()));
+    }
+
+    pub fn api_request(&self, client: &str, method: &str, code: String) {
+        self.api_requests
+            .get_or_create(&vec![
+                ("client", client.to_owned()),
+                ("method", method.to_owned()),
+                ("code", code),
+            ])
+            .inc();
+    }
+
+    pub fn api_rate_limited(&self, client: &str, method: &str, waited: Duration) {
+        self.api_rate_limiter
+            .get_or_create(&vec![("client", client.to_owned()), ("verb", method.to_owned())])
+            .observe(waited.as_secs_f64());
     }
 
     pub fn observe_stage(&self, stage: &'static str, took: Duration) {

@@ -107,13 +107,13 @@ pub fn summarize(conditions: &mut Vec<Condition>, generation: i64) {
     }
 }
 
-/// Writes the status by server-side apply and returns the new resourceVersion. Skipped (`None`) when
+/// Writes the status by server-side apply and returns the object as written. Skipped (`None`) when
 /// nothing would change, so a no-op reconcile costs no write (and no watch event).
 pub async fn apply(
     api: &Api<ArtifactGenerator>,
     generator: &ArtifactGenerator,
     status: &ArtifactGeneratorStatus,
-) -> Result<Option<String>, Error> {
+) -> Result<Option<ArtifactGenerator>, Error> {
     if generator.status.as_ref() == Some(status) {
         return Ok(None);
     }
@@ -131,7 +131,7 @@ pub async fn apply(
         )
         .await
         .map_err(|source| Error::kube("patching status", source))?;
-    Ok(written.resource_version())
+    Ok(Some(written))
 }
 
 #[cfg(test)]

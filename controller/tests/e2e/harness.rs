@@ -120,6 +120,7 @@ impl Env {
             source_cache_max_size: 1 << 30,
             instance: "e2e".into(),
             events_client: None,
+            api_budget: Default::default(),
         };
         let (tx, rx) = watch::channel(false);
         let (client, metrics) = (self.client.clone(), self.metrics.clone());
