@@ -408,6 +408,38 @@ fn run_secret_scanner_finding_a_secret_exits_1_with_the_reason() {
     assert_eq!(snapshot(&tree), before);
 }
 
+/// The host checks the config against the plugin's schema first, and says which field is wrong.
+#[test]
+fn run_with_a_config_outside_the_schema_exits_1_naming_the_field() {
+    let b = built();
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    write(&tree, "deploy/web.yaml", DEPLOYMENT);
+    let cfg = dir.path().join("cfg.yaml");
+    std::fs::write(&cfg, "images:\n  - {name: nginx, newTag: \"has space\"}\n").unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let o = run_plugin(b.wasm("image-tag-setter"), &tree, &["--config", cfg, "--json"]);
+    code(&o, 1);
+    let err = last_err(&o);
+    assert!(
+        err.starts_with("error: PluginConfigInvalid: ")
+            && err.contains("config does not match the plugin's schema"),
+        "{}",
+        stderr(&o)
+    );
+    let v = json(&o);
+    let d = &v["diagnostics"][0];
+    assert_eq!(d["code"], "artgen.config-schema", "{v}");
+    assert!(
+        d["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("config /images/0/newTag: "),
+        "{d}"
+    );
+    assert_eq!(v["fuelUsed"], 0, "the plugin did not run: {v}");
+}
+
 #[test]
 fn run_hostile_panic_exits_1_trapped() {
     let b = built();

@@ -256,6 +256,40 @@ fn image_tag_setter_rewrites_images_and_warns_on_unmatched() {
 }
 
 #[test]
+fn config_is_checked_against_the_plugins_schema_before_the_plugin_runs() {
+    let fx = Fixture::new("schema-");
+    fx.write("deploy.yaml", "kind: Deployment\n");
+    let t = tf(
+        "set-images",
+        "image-tag-setter",
+        json!({"images": [{"name": "nginx", "newTag": "not a tag"}, {"newTag": "1"}], "imagez": []}),
+    );
+    let e = failed(run(&fx, &[t]));
+    assert_eq!(e.reason, Reason::PluginConfigInvalid, "{e}");
+    assert!(
+        e.detail
+            .starts_with("config does not match the plugin's schema: 3 errors"),
+        "{e}"
+    );
+    let messages: Vec<&str> = e.diagnostics.iter().map(|d| d.message.as_str()).collect();
+    assert!(
+        e.diagnostics.iter().all(|d| d.code == "artgen.config-schema"),
+        "{messages:?}"
+    );
+    for at in ["config /:", "config /images/0/newTag:", "config /images/1:"] {
+        assert!(messages.iter().any(|m| m.starts_with(at)), "{at} in {messages:?}");
+    }
+    let report = e.reports.last().unwrap();
+    assert_eq!(
+        report.instantiate_time,
+        Duration::ZERO,
+        "no transform store was made"
+    );
+    assert_eq!(report.fuel_used, 0);
+    assert_eq!(fx.read("deploy.yaml"), "kind: Deployment\n");
+}
+
+#[test]
 fn yaml_to_json_is_byte_exact() {
     let fx = Fixture::new("y2j-");
     fx.write("cfg/a.yaml", "b: 1.0\na: [x, {z: 2, y: true}]\n");

@@ -19,6 +19,7 @@
 
 pub mod admission;
 pub mod report;
+mod schema;
 pub mod tree;
 mod wasm;
 
@@ -676,6 +677,25 @@ impl Host {
         match self.runtime.describe(&loaded) {
             Ok(info) => step.info = info,
             Err((reason, detail)) => return (step.failed(reason, detail), None),
+        }
+        if let Some(schema) = step.info.as_ref().and_then(|i| i.config_schema.as_deref()) {
+            match schema::check(schema, config) {
+                Ok(found) if found.is_empty() => {}
+                Ok(found) => {
+                    let detail = format!(
+                        "config does not match the plugin's schema: {}",
+                        report::first_errors(&found)
+                    );
+                    step.diagnostics = found;
+                    return (step.failed(Reason::PluginConfigInvalid, detail), None);
+                }
+                Err(e) => {
+                    return (
+                        step.failed(Reason::PluginIncompatible, format!("describe(): {e}")),
+                        None,
+                    );
+                }
+            }
         }
 
         let seed = seed(&step.digest, config, tree_digest, &t.name);

@@ -115,6 +115,18 @@ pub struct Diagnostic {
     pub hint: Option<String>,
 }
 
+/// `2 errors; first: secrets.aws-access-key-id deploy/app.yaml:12: …` (or the first diagnostic), for a
+/// one-line failure detail.
+pub(crate) fn first_errors(d: &[Diagnostic]) -> String {
+    let errors: Vec<&Diagnostic> = d.iter().filter(|d| d.severity == Severity::Error).collect();
+    match (errors.first(), d.first()) {
+        (Some(e), _) if errors.len() == 1 => sanitize(&e.render(), 300),
+        (Some(e), _) => format!("{} errors; first: {}", errors.len(), sanitize(&e.render(), 300)),
+        (None, Some(x)) => sanitize(&x.render(), 300),
+        (None, None) => "no diagnostics".into(),
+    }
+}
+
 /// Caps on what a plugin can make the host keep (§7 "Diagnostics").
 pub const MAX_DIAGNOSTICS: usize = 1000;
 const MAX_CODE: usize = 128;

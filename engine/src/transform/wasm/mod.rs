@@ -32,7 +32,9 @@ use self::bindings::artgen::transform::types as wit;
 use self::limiter::Limiter;
 use self::pipe::CappedPipe;
 use super::admission::{Limits, format_bytes, format_count, format_duration};
-use super::report::{Diagnostic, Mode, PluginInfo, Reason, Severity, cap_diagnostics, sanitize};
+use super::report::{
+    Diagnostic, Mode, PluginInfo, Reason, Severity, cap_diagnostics, first_errors, sanitize,
+};
 use super::{SourceInfo, TransformContext};
 
 /// Export of a typed plugin (any 0.1.x).
@@ -878,17 +880,6 @@ fn diagnostics(d: Vec<wit::Diagnostic>) -> Vec<Diagnostic> {
             })
             .collect(),
     )
-}
-
-/// `2 errors; first: secrets.aws-access-key-id deploy/app.yaml:12: …` (or the first diagnostic).
-fn first_errors(d: &[Diagnostic]) -> String {
-    let errors: Vec<&Diagnostic> = d.iter().filter(|d| d.severity == Severity::Error).collect();
-    match (errors.first(), d.first()) {
-        (Some(e), _) if errors.len() == 1 => sanitize(&e.render(), 300),
-        (Some(e), _) => format!("{} errors; first: {}", errors.len(), sanitize(&e.render(), 300)),
-        (None, Some(x)) => sanitize(&x.render(), 300),
-        (None, None) => "no diagnostics".into(),
-    }
 }
 
 // ---------------------------------------------------------------------------------------------------
