@@ -88,16 +88,52 @@ pub struct Context {
     /// Becomes true once every watch cache has its initial listing.
     synced: tokio::sync::watch::Receiver<bool>,
     retries: Mutex<HashMap<String, Retries>>,
-    /// Per generator, our writes the watch cache may not have delivered yet.
-    written: Mutex<HashMap<String, Written>>,
+    written: OwnWrites,
 }
 
-/// The resourceVersions our writes replaced (a few) and the object the latest write returned: a cached
-/// object still at a replaced version predates that write, and the returned object is what a GET would
-/// give, without spending a request of the API budget on it.
+/// Per generator, our writes the watch cache may not have delivered yet: the resourceVersions they
+/// replaced (a few) and the object the latest one returned. A cached object still at a replaced version
+/// predates that write, and the returned object is what a GET would give, without spending a request of
+/// the API budget on it.
+#[derive(Default)]
+struct OwnWrites(Mutex<HashMap<String, Written>>);
+
 struct Written {
     replaced: Vec<String>,
     latest: Arc<ArtifactGenerator>,
+}
+
+impl OwnWrites {
+    fn record(&self, key: &str, replaced: Option<String>, latest: ArtifactGenerator) {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let latest = Arc::new(latest);
+        let entry = m.entry(key.to_owned()).or_insert_with(|| Written {
+            replaced: Vec::new(),
+            latest: latest.clone(),
+        });
+        if let Some(rv) = replaced {
+            if entry.replaced.len() >= 8 {
+                entry.replaced.remove(0);
+            }
+            entry.replaced.push(rv);
+        }
+        entry.latest = latest;
+    }
+
+    fn current(&self, key: &str, cached: Arc<ArtifactGenerator>) -> Arc<ArtifactGenerator> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(w) = m.get(key) else { return cached };
+        let rv = cached.metadata.resource_version.as_deref();
+        if rv.is_some_and(|rv| w.replaced.iter().any(|r| r == rv)) {
+            return w.latest.clone();
+        }
+        m.remove(key);
+        cached
+    }
+
+    fn forget(&self, key: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
 }
 
 /// Consecutive failures of one generator, for the two backoffs of spec §9.6.
@@ -134,7 +170,7 @@ impl Context {
             api_budget: ApiBudget::default(),
             synced,
             retries: Mutex::new(HashMap::new()),
-            written: Mutex::new(HashMap::new()),
+            written: OwnWrites::default(),
         }
     }
 
@@ -151,37 +187,18 @@ impl Context {
 
     /// Records a write of ours to the generator `key`: it replaced `replaced` and returned `latest`.
     pub fn record_write(&self, key: &str, replaced: Option<String>, latest: ArtifactGenerator) {
-        let mut m = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        let latest = Arc::new(latest);
-        let entry = m.entry(key.to_owned()).or_insert_with(|| Written {
-            replaced: Vec::new(),
-            latest: latest.clone(),
-        });
-        if let Some(rv) = replaced {
-            if entry.replaced.len() >= 8 {
-                entry.replaced.remove(0);
-            }
-            entry.replaced.push(rv);
-        }
-        entry.latest = latest;
+        self.written.record(key, replaced, latest);
     }
 
     /// The object a pass should work on: `cached`, unless it predates a write of ours, then what that
     /// write returned. Once the cache has caught up the record is dropped.
     pub fn current(&self, key: &str, cached: Arc<ArtifactGenerator>) -> Arc<ArtifactGenerator> {
-        let mut m = self.written.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(w) = m.get(key) else { return cached };
-        let rv = cached.metadata.resource_version.as_deref();
-        if rv.is_some_and(|rv| w.replaced.iter().any(|r| r == rv)) {
-            return w.latest.clone();
-        }
-        m.remove(key);
-        cached
+        self.written.current(key, cached)
     }
 
     /// Forgets the generator (deleted).
     pub fn forget(&self, key: &str) {
-        self.written.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        self.written.forget(key);
         self.reset_retries(key);
     }
 
@@ -249,5 +266,46 @@ mod tests {
         let delays: Vec<u64> = (0..10).map(|n| backoff(s, n, cap).as_secs()).collect();
         assert_eq!(delays, [5, 10, 20, 40, 80, 160, 320, 640, 900, 900]);
         assert_eq!(backoff(s, 40, cap), cap);
+    }
+
+    fn at(rv: &str, note: &str) -> ArtifactGenerator {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "source.extensions.fluxcd.io/v1beta1", "kind": "ArtifactGenerator",
+            "metadata": {"name": "g", "namespace": "n", "resourceVersion": rv,
+                         "annotations": {"note": note}},
+            "spec": {"sources": [], "artifacts": []}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn own_writes_stand_in_for_a_stale_cache_until_it_catches_up() {
+        let w = OwnWrites::default();
+        let stale = Arc::new(at("1", "cached"));
+        assert!(
+            Arc::ptr_eq(&w.current("n/g", stale.clone()), &stale),
+            "no write yet"
+        );
+        w.record("n/g", Some("1".into()), at("2", "written"));
+        w.record("n/g", Some("2".into()), at("3", "written again"));
+        for rv in ["1", "2"] {
+            let got = w.current("n/g", Arc::new(at(rv, "cached")));
+            assert_eq!(
+                got.metadata.resource_version.as_deref(),
+                Some("3"),
+                "cache at {rv}"
+            );
+        }
+        assert!(
+            Arc::ptr_eq(&w.current("other/g", stale.clone()), &stale),
+            "per generator"
+        );
+        // The cache delivered our write (or someone's newer one): it wins and the record goes.
+        let caught_up = Arc::new(at("3", "cached"));
+        assert!(Arc::ptr_eq(&w.current("n/g", caught_up.clone()), &caught_up));
+        assert!(
+            Arc::ptr_eq(&w.current("n/g", stale.clone()), &stale),
+            "record dropped"
+        );
     }
 }
