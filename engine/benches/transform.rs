@@ -19,7 +19,8 @@
 //!   time of `precompile` (plus the check, linking and the `.cwasm` write) is printed alongside. For
 //!   values-templater (minijinja) and, for reference, the small yaml-to-json.
 //! - cached load: a new [`Host`] over the warm cache directory, then `Host::precompile`: sha256 of the
-//!   component, reading and deserialising the `.cwasm`, the import/export check and `instantiate_pre`.
+//!   component, mapping and deserialising the `.cwasm`, the import/export check and `instantiate_pre`.
+//!   What reading the whole file would cost instead (`fs::read`) is printed for reference.
 //!   `Host::new` is not timed. The sha256 alone is printed alongside.
 //! - instantiate: `TransformReport::instantiate_time` of warm runs (memory cache) over a one-file tree,
 //!   i.e. `InstancePre::instantiate` into the run's fresh store; building the store itself (WASI context,
@@ -643,7 +644,7 @@ fn cached_load(name: &str, bytes: &[u8], dir: &Path, runs: usize) -> Result<Dura
     let m = median(load.clone());
     println!(
         "cached load {name}: precompile() on a new host median {} (min {}), of which sha256 of the \
-         component (the pin check) ~{}, so {} without it; of which reading the .cwasm into memory ~{} [load {}]",
+         component (the pin check) ~{}, so {} without it (the .cwasm is mapped; reading it would take ~{}) [load {}]",
         fmt_d(m),
         fmt_d(min(&load)),
         fmt_d(median(sha.clone())),

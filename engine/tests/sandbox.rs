@@ -8,6 +8,7 @@
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -926,7 +927,8 @@ fn disk_cache_is_used_by_a_second_host() {
         total[2]
     );
 
-    // A corrupt cache file is a miss: recompiled, and the run still works.
+    // The file is replaced the way a concurrent writer (`Disk::store`) does it, a new file renamed over
+    // the old one, while `second` has it mapped: `second` keeps running the code it loaded.
     let dir = std::fs::read_dir(cache.path().join("plugins"))
         .unwrap()
         .next()
@@ -939,16 +941,45 @@ fn disk_cache_is_used_by_a_second_host() {
         .unwrap()
         .read_to_end(&mut bytes)
         .unwrap();
-    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
-    let third = Host::new(HostOptions {
-        cache_dir: Some(cache.path().join("plugins")),
-        concurrency: 0,
-    })
-    .unwrap();
-    fx.write("x.j2", "{{ a }}");
-    run_with(&third, &fx, std::slice::from_ref(&t), &adm).unwrap();
-    assert_eq!(third.stats().compiles, 1);
-    assert_eq!(third.stats().disk_hits, 0);
+    let replacement = dir.join(".replacement");
+    std::fs::write(&replacement, &bytes[..bytes.len() / 2]).unwrap();
+    std::fs::set_permissions(&replacement, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::rename(&replacement, &file).unwrap();
+    let run_again = |host: &Host| {
+        fx.write("x.j2", "{{ a }}");
+        run_with(host, &fx, std::slice::from_ref(&t), &adm).unwrap();
+        assert_eq!(fx.read("x"), "1");
+    };
+    run_again(&second);
+    drop(second);
+
+    // A corrupt cache file is a miss: recompiled (and rewritten), and the run still works.
+    let fresh_host = || {
+        Host::new(HostOptions {
+            cache_dir: Some(cache.path().join("plugins")),
+            concurrency: 0,
+        })
+        .unwrap()
+    };
+    let third = fresh_host();
+    run_again(&third);
+    assert_eq!((third.stats().compiles, third.stats().disk_hits), (1, 0));
+    drop(third);
+    // Truncated in place (no host has it mapped now), or given a second name: a miss each time.
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(100)
+        .unwrap();
+    let fourth = fresh_host();
+    run_again(&fourth);
+    assert_eq!((fourth.stats().compiles, fourth.stats().disk_hits), (1, 0));
+    drop(fourth);
+    std::fs::hard_link(&file, dir.join("second-name")).unwrap();
+    let fifth = fresh_host();
+    run_again(&fifth);
+    assert_eq!((fifth.stats().compiles, fifth.stats().disk_hits), (1, 0));
 }
 
 #[test]

@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::fs;
 use std::hash::{Hash, Hasher};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
@@ -166,28 +166,38 @@ const MAX_CWASM_BYTES: u64 = 512 << 20;
 
 /// The only `unsafe` in the plugin host.
 ///
-/// The file is read into memory rather than mapped (`Component::deserialize_file`, which design/plugins.md
-/// §5 suggests): a mapped file that is truncated while in use faults the whole process (SIGBUS, as the
-/// corrupt-cache test shows when it truncates a file a live host has mapped); a read copy cannot. That costs
-/// a few milliseconds once per digest per process (the memory cache serves every later run).
+/// The file is mapped, not read (`Component::deserialize_file`, as design/plugins.md §5 says): a copy costs
+/// about 4 ms for the templater's 3.9 MB `.cwasm` on this class of machine, a mapping a fraction of one.
+/// A mapped file that shrinks while in use faults the process (SIGBUS). artgen never changes a `.cwasm` in
+/// place: [`Disk::store`] renames a complete temporary file over it and [`Disk::prune`] unlinks, and both
+/// leave existing mappings intact. Only someone with this user's access to the private cache directory
+/// could truncate one, and they could as well replace it with machine code of their choosing, which
+/// `deserialize` (mapped or read) would run: mapping grants nothing new.
 #[allow(unsafe_code)]
 fn deserialize_private(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
-    let size = fs::symlink_metadata(path)?.len();
-    if size > MAX_CWASM_BYTES {
+    let md = fs::symlink_metadata(path)?;
+    if md.len() > MAX_CWASM_BYTES {
         return Err(wasmtime::format_err!(
-            "{} is {size} bytes, more than a cached plugin may be",
+            "{} is {} bytes, more than a cached plugin may be",
+            path.display(),
+            md.len()
+        ));
+    }
+    // Only files `Disk::store` made: a private regular file with no other name.
+    if !md.is_file() || md.nlink() != 1 || md.permissions().mode() & 0o077 != 0 {
+        return Err(wasmtime::format_err!(
+            "{} is not a private regular file with one link",
             path.display()
         ));
     }
-    // One allocation of the file's size (`fs::read` sizes the buffer from the metadata).
-    let bytes = fs::read(path)?;
-    // SAFETY: `Component::deserialize` trusts its input to be wasmtime-produced machine code. `path` is
-    // inside the 0700 cache directory that `Disk::open` created or verified as private to this user (never
-    // under --storage-path, which is served over HTTP), and only `Disk::store` writes there, from
-    // `Component::serialize` of code this process compiled itself; user-supplied `.cwasm` files are never
-    // accepted. wasmtime itself rejects files from another version, configuration or CPU (the directory
-    // name is the engine's compatibility hash as well), and any such error is treated as a miss.
-    unsafe { Component::deserialize(engine, &bytes) }
+    // SAFETY: `Component::deserialize_file` trusts its input to be wasmtime-produced machine code that
+    // does not change while mapped. `path` is inside the 0700 cache directory that `Disk::open` created
+    // or verified as private to this user (never under --storage-path, which is served over HTTP), and
+    // only `Disk::store` writes there, from `Component::serialize` of code this process compiled itself;
+    // user-supplied `.cwasm` files are never accepted. wasmtime itself rejects files from another
+    // version, configuration or CPU (the directory name is the engine's compatibility hash as well), and
+    // any such error is treated as a miss.
+    unsafe { Component::deserialize_file(engine, path) }
 }
 
 /// A small LRU keyed by plugin digest.
