@@ -1210,38 +1210,11 @@ fn size_row(metric: String, ours: u64, baseline: u64, target: f64) -> Row {
 }
 
 fn print_table(rows: &[Row]) {
-    let header = ["metric", "ours", "baseline", "ratio", "target", "ok"];
     let cells: Vec<[&str; 6]> = rows
         .iter()
         .map(|r| [&*r.metric, &*r.ours, &*r.baseline, &*r.ratio, &*r.target, &*r.ok])
         .collect();
-    let mut width = header.map(str::len);
-    for row in &cells {
-        for (w, c) in width.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cols: [&str; 6]| {
-        let parts: Vec<String> = cols
-            .iter()
-            .zip(width)
-            .enumerate()
-            .map(|(i, (c, w))| {
-                if i == 0 {
-                    format!("{c:<w$}")
-                } else {
-                    format!("{c:>w$}")
-                }
-            })
-            .collect();
-        println!("| {} |", parts.join(" | "));
-    };
-    line(header);
-    let dashes: Vec<String> = width.iter().map(|&w| "-".repeat(w)).collect();
-    println!("|-{}-|", dashes.join("-|-"));
-    for row in cells {
-        line(row);
-    }
+    artgen_e2e::table::print(["metric", "ours", "baseline", "ratio", "target", "ok"], &cells);
 }
 
 // ---------------------------------------------------------------------------------------------------------

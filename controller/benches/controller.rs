@@ -20,6 +20,7 @@ use artgen::crd::{ArtifactGenerator, ExternalArtifact};
 use artgen_e2e::control_plane::{ControlPlane, flux_source_crds};
 use artgen_e2e::fixtures::{SourceKind, Sources};
 use artgen_e2e::source_server::SourceServer;
+use artgen_e2e::wait;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -58,23 +59,33 @@ async fn publish_all(sources: &Sources<'_>, round: usize) -> Result {
     Ok(())
 }
 
-/// Polls (every 100 ms) until `done` holds for the listed ExternalArtifacts; returns the elapsed time.
+/// Waits until `done` holds for the listed ExternalArtifacts; returns the time since `started`.
 async fn until_artifacts(
     api: &Api<ExternalArtifact>,
     started: Instant,
     done: impl Fn(&[ExternalArtifact]) -> bool,
 ) -> Result<Duration> {
-    loop {
+    let done = &done;
+    wait::until("the ExternalArtifacts", TIMEOUT, || async move {
         let items = api.list(&ListParams::default()).await?.items;
-        if done(&items) {
-            return Ok(started.elapsed());
-        }
-        if started.elapsed() > TIMEOUT {
-            return Err("timed out".into());
-        }
-        // A poll interval bounded by TIMEOUT; the measured resolution is 100 ms.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Ok(done(&items).then(|| started.elapsed()))
+    })
+    .await
+}
+
+/// Waits until all `n` generators satisfy `pred`.
+async fn until_generators(
+    api: &Api<ArtifactGenerator>,
+    n: usize,
+    what: &str,
+    pred: impl Fn(&ArtifactGenerator) -> bool,
+) -> Result {
+    let pred = &pred;
+    wait::until(what, TIMEOUT, || async move {
+        let items = api.list(&ListParams::default()).await?.items;
+        Ok((items.iter().filter(|g| pred(g)).count() == n).then_some(()))
+    })
+    .await
 }
 
 /// One scrape of the controller's `/metrics`: `(series, value)` per sample line.
@@ -256,25 +267,14 @@ spec:
     .await?;
 
     // Settle: wait until every generator is Ready, then measure the change.
-    loop {
-        let ready = generators
-            .list(&ListParams::default())
-            .await?
-            .items
-            .iter()
-            .filter(|g| {
-                g.status.as_ref().is_some_and(|s| {
-                    s.conditions
-                        .iter()
-                        .any(|c| c.type_ == "Ready" && c.status == "True")
-                })
-            })
-            .count();
-        if ready == n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_generators(&generators, n, "every generator Ready", |g| {
+        g.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+    })
+    .await?;
     // A source change usually meets an idle controller, with a full rate limiter.
     until_quiet(&metrics_url).await?;
     let digest_of = |e: &ExternalArtifact| {
@@ -332,14 +332,13 @@ spec:
         )
         .await?;
     }
-    let touched = Instant::now();
-    let scrape_b = loop {
-        let s = Scrape::take(&metrics_url).await?;
-        if s.reconciles().1 - scrape_a.reconciles().1 >= n as f64 || touched.elapsed() > TIMEOUT {
-            break s;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let counted = scrape_a.reconciles().1 + n as f64;
+    let metrics = metrics_url.as_str();
+    let scrape_b = wait::until("a pass per touched generator", TIMEOUT, || async move {
+        let s = Scrape::take(metrics).await?;
+        Ok((s.reconciles().1 >= counted).then_some(s))
+    })
+    .await?;
     let (sum_a, count_a) = scrape_a.reconciles();
     let (sum_b, count_b) = scrape_b.reconciles();
     let quiet_mean_ms = (sum_b - sum_a) / (count_b - count_a).max(1.0) * 1000.0;
@@ -359,25 +358,13 @@ spec:
             )
             .await?;
     }
-    let noop_started = Instant::now();
-    loop {
-        let handled = generators
-            .list(&ListParams::default())
-            .await?
-            .items
-            .iter()
-            .filter(|g| {
-                g.status
-                    .as_ref()
-                    .and_then(|s| s.last_handled_reconcile_at.as_deref())
-                    == Some("noop")
-            })
-            .count();
-        if handled == n || noop_started.elapsed() > TIMEOUT {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    until_generators(&generators, n, "every requestedAt handled", |g| {
+        g.status
+            .as_ref()
+            .and_then(|s| s.last_handled_reconcile_at.as_deref())
+            == Some("noop")
+    })
+    .await?;
     let (sum3, count3) = Scrape::take(&metrics_url).await?.reconciles();
     let noop_mean_ms = if count3 > count2 {
         (sum3 - sum2) / (count3 - count2) * 1000.0

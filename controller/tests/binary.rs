@@ -229,22 +229,12 @@ fn send_sigterm(pid: u32) -> Result {
     }
 }
 
-async fn wait<T, F, Fut>(what: &str, mut probe: F) -> Result<T>
+async fn wait<T, F, Fut>(what: &str, probe: F) -> Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<Option<T>>>,
 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = probe().await? {
-            return Ok(v);
-        }
-        if Instant::now() > deadline {
-            return Err(format!("timed out after {WAIT:?} waiting for {what}").into());
-        }
-        // A poll interval bounded by the deadline above.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    artgen_e2e::wait::until(what, WAIT, probe).await
 }
 
 async fn http_get(url: &str) -> Result<(u16, String)> {

@@ -510,39 +510,11 @@ fn yes(ok: bool) -> String {
 }
 
 fn print_table(rows: &[Row]) {
-    let header = ["step", "median", "baseline", "ratio", "target", "met"];
     let cells: Vec<[&str; 6]> = rows
         .iter()
         .map(|r| [&*r.step, &*r.median, &*r.baseline, &*r.ratio, &*r.target, &*r.met])
         .collect();
-    let mut width = header.map(str::len);
-    for row in &cells {
-        for (w, c) in width.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cols: [&str; 6]| {
-        let parts: Vec<String> = cols
-            .iter()
-            .zip(width)
-            .enumerate()
-            .map(|(i, (c, w))| {
-                let pad = w.saturating_sub(c.chars().count());
-                if i == 0 {
-                    format!("{c}{}", " ".repeat(pad))
-                } else {
-                    format!("{}{c}", " ".repeat(pad))
-                }
-            })
-            .collect();
-        println!("| {} |", parts.join(" | "));
-    };
-    line(header);
-    let dashes: Vec<String> = width.iter().map(|&w| "-".repeat(w)).collect();
-    println!("|-{}-|", dashes.join("-|-"));
-    for row in cells {
-        line(row);
-    }
+    artgen_e2e::table::print(["step", "median", "baseline", "ratio", "target", "met"], &cells);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -9,4 +9,7 @@ pub mod control_plane;
 pub mod fixtures;
 pub mod plugins;
 pub mod source_server;
+pub mod table;
 pub mod tree;
+#[cfg(feature = "control-plane")]
+pub mod wait;

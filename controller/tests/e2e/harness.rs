@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use artgen::context::Settings;
 use artgen::controller::{Health, Options, run_controller};
@@ -189,22 +189,12 @@ impl Env {
     }
 
     /// Polls `probe` until it returns `Some`, or fails after [`WAIT`] saying what was awaited.
-    pub async fn wait<T, F, Fut>(&self, what: &str, mut probe: F) -> Result<T>
+    pub async fn wait<T, F, Fut>(&self, what: &str, probe: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<Option<T>>>,
     {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(v) = probe().await? {
-                return Ok(v);
-            }
-            if Instant::now() > deadline {
-                return Err(format!("timed out after {WAIT:?} waiting for {what} in {}", self.ns).into());
-            }
-            // A poll interval, not synchronisation: the deadline above bounds the wait.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        artgen_e2e::wait::until(&format!("{what} in {}", self.ns), WAIT, probe).await
     }
 
     /// Waits until the generator satisfies `pred`.

@@ -91,15 +91,15 @@ impl Disk {
     /// Loads a cached component; any failure is a miss and removes the file.
     pub fn load(&self, engine: &Engine, digest_hex: &str) -> Option<Component> {
         let path = self.path(digest_hex);
-        match fs::symlink_metadata(&path) {
-            Ok(md) if md.is_file() => {}
+        let md = match fs::symlink_metadata(&path) {
+            Ok(md) if md.is_file() => md,
             Ok(_) => {
                 let _ = fs::remove_file(&path);
                 return None;
             }
             Err(_) => return None,
-        }
-        match deserialize_private(engine, &path) {
+        };
+        match deserialize_private(engine, &path, &md) {
             Ok(c) => {
                 // Recency for `prune` (best effort).
                 if let Ok(f) = fs::File::options().append(true).open(&path) {
@@ -174,8 +174,7 @@ const MAX_CWASM_BYTES: u64 = 512 << 20;
 /// could truncate one, and they could as well replace it with machine code of their choosing, which
 /// `deserialize` (mapped or read) would run: mapping grants nothing new.
 #[allow(unsafe_code)]
-fn deserialize_private(engine: &Engine, path: &Path) -> wasmtime::Result<Component> {
-    let md = fs::symlink_metadata(path)?;
+fn deserialize_private(engine: &Engine, path: &Path, md: &fs::Metadata) -> wasmtime::Result<Component> {
     if md.len() > MAX_CWASM_BYTES {
         return Err(wasmtime::format_err!(
             "{} is {} bytes, more than a cached plugin may be",
@@ -184,7 +183,7 @@ fn deserialize_private(engine: &Engine, path: &Path) -> wasmtime::Result<Compone
         ));
     }
     // Only files `Disk::store` made: a private regular file with no other name.
-    if !md.is_file() || md.nlink() != 1 || md.permissions().mode() & 0o077 != 0 {
+    if md.nlink() != 1 || md.permissions().mode() & 0o077 != 0 {
         return Err(wasmtime::format_err!(
             "{} is not a private regular file with one link",
             path.display()
