@@ -37,7 +37,7 @@ pub use self::admission::{Admission, Allowed, DEFAULT_LIMITS, HARD_CEILINGS, Lim
 pub use self::report::{
     Diagnostic, Mode, PluginInfo, Reason, Severity, TransformError, TransformReport, TransformResult,
 };
-pub use self::wasm::CacheStats;
+pub use self::wasm::{BLOCKING_THREAD, CacheStats};
 
 use crate::error::Error;
 use crate::spec::{FailurePolicy, Transform};
