@@ -91,18 +91,66 @@ pub(crate) fn check_and_normalize(
     };
     scan.dir(&root, "", 0)?;
     // cap-std directory handles are O_PATH on Linux (no fchmod/futimens): reopen the root for that.
-    set_mode_and_times(std::fs::File::open(work).map_err(io_err(""))?, 0o755).map_err(io_err(""))?;
+    Pending::ALL
+        .apply(std::fs::File::open(work).map_err(io_err(""))?, 0o755)
+        .map_err(io_err(""))?;
     if let Some(h) = scan.hash.take() {
         scan.sum.digest = h.finalize().into();
     }
     Ok(scan.sum)
 }
 
-fn set_mode_and_times(f: std::fs::File, mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
-    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
-    let epoch = SystemTime::UNIX_EPOCH;
-    f.set_times(std::fs::FileTimes::new().set_accessed(epoch).set_modified(epoch))
+/// What normalising one file still has to change.
+struct Pending {
+    mode: bool,
+    times: bool,
+}
+
+impl Pending {
+    const ALL: Pending = Pending {
+        mode: true,
+        times: true,
+    };
+
+    fn of(md: &cap_std::fs::Metadata, mode: u32) -> Pending {
+        Pending {
+            mode: md.mode() & 0o7777 != mode,
+            times: (md.atime(), md.atime_nsec(), md.mtime(), md.mtime_nsec()) != (0, 0, 0, 0),
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.mode || self.times
+    }
+
+    fn apply(&self, f: std::fs::File, mode: u32) -> io::Result<()> {
+        if self.mode {
+            use std::os::unix::fs::PermissionsExt as _;
+            f.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
+        if self.times {
+            let epoch = SystemTime::UNIX_EPOCH;
+            f.set_times(std::fs::FileTimes::new().set_accessed(epoch).set_modified(epoch))?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens a file to read without moving its access time (`O_NOATIME`: the host owns every file in
+/// `/work`), so a normalised file needs no `futimens` after hashing. Returns whether that worked.
+fn open_noatime(dir: &Dir, name: &str) -> io::Result<(std::fs::File, bool)> {
+    use cap_std::fs::OpenOptionsExt as _;
+    let mut opts = cap_std::fs::OpenOptions::new();
+    opts.read(true)
+        .custom_flags(rustix::fs::OFlags::NOATIME.bits() as i32);
+    match dir.open_with(name, &opts) {
+        Ok(f) => Ok((f.into_std(), true)),
+        // Not the owner (and no CAP_FOWNER): read normally, the caller resets the times.
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::PERM.raw_os_error()) => {
+            Ok((dir.open(name)?.into_std(), false))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Names of `dir`'s entries, sorted by bytes, each checked to be UTF-8. Stops early past `max` entries.
@@ -209,7 +257,8 @@ impl Scan<'_> {
                 self.dir(&sub, &path, depth + 1)?;
                 // A read-only descriptor of the directory itself (cap-std's `Dir` is O_PATH).
                 let fd = dir.open(&name).map_err(io_err)?.into_std();
-                set_mode_and_times(fd, 0o755).map_err(io_err)?;
+                // Always: reading the directory moved its access time.
+                Pending::ALL.apply(fd, 0o755).map_err(io_err)?;
             } else if ft.is_file() {
                 self.count(false, md.len())?;
                 let executable = md.mode() & 0o100 != 0;
@@ -217,19 +266,34 @@ impl Scan<'_> {
                     self.materialize(dir, &name).map_err(io_err)?;
                 }
                 let mode = if executable { 0o755 } else { 0o644 };
-                dir.set_permissions(&name, Permissions::from_mode(mode))
-                    .map_err(io_err)?;
-                let file = dir.open(&name).map_err(io_err)?.into_std();
-                if let Some(h) = &mut self.hash {
-                    h.update(b"F");
-                    h.update(path.as_bytes());
-                    h.update([0, u8::from(executable)]);
-                    h.update(md.len().to_be_bytes());
-                    let mut content = Sha256::new();
-                    io::copy(&mut (&file).take(md.len()), &mut HashWriter(&mut content)).map_err(io_err)?;
-                    h.update(content.finalize());
+                // Only the syscalls that change something: most files are normalised already (staged
+                // ones before the run, untouched ones after it).
+                let mut pending = Pending::of(&md, mode);
+                if md.mode() & 0o400 == 0 {
+                    dir.set_permissions(&name, Permissions::from_mode(mode))
+                        .map_err(io_err)?;
+                    pending.mode = false;
                 }
-                set_mode_and_times(file, mode).map_err(io_err)?;
+                let Some(h) = &mut self.hash else {
+                    if pending.any() {
+                        pending
+                            .apply(dir.open(&name).map_err(io_err)?.into_std(), mode)
+                            .map_err(io_err)?;
+                    }
+                    continue;
+                };
+                let (file, atime_kept) = open_noatime(dir, &name).map_err(io_err)?;
+                h.update(b"F");
+                h.update(path.as_bytes());
+                h.update([0, u8::from(executable)]);
+                h.update(md.len().to_be_bytes());
+                let mut content = Sha256::new();
+                io::copy(&mut (&file).take(md.len()), &mut HashWriter(&mut content)).map_err(io_err)?;
+                h.update(content.finalize());
+                pending.times |= !atime_kept;
+                if pending.any() {
+                    pending.apply(file, mode).map_err(io_err)?;
+                }
             } else {
                 return Err(invalid(
                     "is not a regular file or directory (devices, FIFOs and sockets are not allowed)",
@@ -273,7 +337,7 @@ impl Write for HashWriter<'_> {
 
 // ---------------------------------------------------------------------------------------------------
 // Output watchdog (§6): WASI writes have no quota, so a thread re-walks `/work` every 250 ms (stat only,
-// stopping past the limits) and raises a flag the epoch callback turns into a trap. The post-run scan
+// stopping past the limits) and raises a flag the host checks whenever running wasm yields. The post-run scan
 // stays authoritative.
 
 pub(crate) struct Watchdog {
@@ -439,6 +503,11 @@ mod tests {
         assert_eq!(md.modified().unwrap(), SystemTime::UNIX_EPOCH);
         let md = std::fs::metadata(t1.path().join("a/b/f.txt")).unwrap();
         assert_eq!(md.permissions().mode() & 0o777, 0o644);
+        // A second pass reads every file again (for the digest) and writes nothing, yet the times stay 0.
+        assert_eq!(check_and_normalize(t1.path(), None, true).unwrap(), s1);
+        let md = std::fs::metadata(t1.path().join("a/b/f.txt")).unwrap();
+        let epoch = SystemTime::UNIX_EPOCH;
+        assert_eq!((md.accessed().unwrap(), md.modified().unwrap()), (epoch, epoch));
         // Same content elsewhere, created in another order: same digest.
         let t2 = tempfile::tempdir().unwrap();
         std::fs::write(t2.path().join("x.sh"), "#!/bin/sh").unwrap();
