@@ -4,8 +4,13 @@
 //! own as raw deflate (level [`LEVEL`], pinned zlib-rs) with the previous [`DICT_SIZE`] bytes of input as
 //! preset dictionary; every block but the last ends with a sync flush (byte-aligned, no BFINAL), the last
 //! with finish. The concatenation is one valid deflate stream (the pigz scheme), and because each block's
-//! bytes are a pure function of (dictionary, block, is-last), threads = 1 (inline) and threads = N produce
-//! identical archives. Block size, dictionary size, level and flush kinds are therefore part of format v1.
+//! bytes are a pure function of (dictionary, block, is-last), every thread count produces identical
+//! archives. Block size, dictionary size, level and flush kinds are therefore part of format v1.
+//!
+//! `threads` counts deflate workers. The caller's thread fills the next block (reading files, CRC-32)
+//! while the workers compress earlier ones, as `tar | gzip` overlaps archiving and compression; with one
+//! worker that hides the reading behind the compression. The last block is compressed on the caller's
+//! thread, so an archive of one block (small artifacts, the common case) never starts a thread.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -240,11 +245,6 @@ fn worker_lost() -> io::Error {
     io::Error::other("gzip compression worker terminated unexpectedly")
 }
 
-enum Engine {
-    Inline,
-    Pool(Pool),
-}
-
 /// Streaming gzip encoder for archive format v1. Feed it the uncompressed tar stream with
 /// [`write_all`](Self::write_all) / [`copy_from`](Self::copy_from), then [`finish`](Self::finish).
 /// After any error the output is unusable and the encoder should be dropped.
@@ -252,26 +252,20 @@ pub struct GzEncoder<W: Write> {
     sink: Sink<W>,
     cur: Block,
     free: Vec<Block>,
-    engine: Engine,
+    pool: Pool,
     crc: crc32fast::Hasher,
     total: u64,
 }
 
 impl<W: Write> GzEncoder<W> {
-    /// `threads` compression threads (clamped to 1..=[`MAX_THREADS`]); 1 compresses inline without
-    /// spawning anything. The output bytes are the same for every value.
+    /// `threads` deflate workers (clamped to 1..=[`MAX_THREADS`]), started as blocks arrive. The output
+    /// bytes are the same for every value.
     pub fn new(out: W, threads: usize) -> Self {
-        let threads = threads.clamp(1, MAX_THREADS);
-        let engine = if threads == 1 {
-            Engine::Inline
-        } else {
-            Engine::Pool(Pool::new(threads))
-        };
         GzEncoder {
             sink: Sink { out, started: false },
             cur: Block::new(),
             free: Vec::new(),
-            engine,
+            pool: Pool::new(threads.clamp(1, MAX_THREADS)),
             crc: crc32fast::Hasher::new(),
             total: 0,
         }
@@ -330,18 +324,15 @@ impl<W: Write> GzEncoder<W> {
         Ok(BLOCK_SIZE - self.cur.len)
     }
 
-    fn dispatch(&mut self, mut block: Block) -> io::Result<()> {
+    fn dispatch(&mut self, block: Block) -> io::Result<()> {
+        self.account(&block);
+        self.pool.submit(block, &mut self.sink, &mut self.free)
+    }
+
+    /// The trailer's CRC-32 and length cover every block, in order.
+    fn account(&mut self, block: &Block) {
         self.crc.update(block.data());
         self.total += block.len as u64;
-        match &mut self.engine {
-            Engine::Inline => {
-                block.compress(new_compressor())?;
-                self.sink.write(&block.out)?;
-                self.free.push(block);
-                Ok(())
-            }
-            Engine::Pool(pool) => pool.submit(block, &mut self.sink, &mut self.free),
-        }
     }
 
     /// Compresses the final block, writes the trailer (CRC-32 and length mod 2^32) and returns the
@@ -356,10 +347,12 @@ impl<W: Write> GzEncoder<W> {
         };
         let mut last = mem::replace(&mut self.cur, placeholder);
         last.last = true;
-        self.dispatch(last)?;
-        if let Engine::Pool(pool) = &mut self.engine {
-            pool.drain(&mut self.sink, &mut self.free)?;
-        }
+        self.account(&last);
+        // The caller's thread has nothing left to read: it compresses the last block itself while the
+        // workers finish theirs (for a one-block archive no thread is ever started).
+        last.compress(new_compressor())?;
+        self.pool.drain(&mut self.sink, &mut self.free)?;
+        self.sink.write(&last.out)?;
         let mut trailer = [0u8; 8];
         trailer[..4].copy_from_slice(&self.crc.clone().finalize().to_le_bytes());
         // ISIZE is defined modulo 2^32: truncation intended.
@@ -459,6 +452,18 @@ mod tests {
         for threads in [2, 3, 8, 64] {
             assert!(gzip(&data, threads, 10_000) == one, "threads {threads}");
         }
+    }
+
+    #[test]
+    fn only_blocks_before_the_last_go_to_workers() {
+        let data = sample(BLOCK_SIZE + 1);
+        let mut gz = GzEncoder::new(Vec::new(), 4);
+        gz.write_all(&data[..BLOCK_SIZE]).unwrap();
+        // A full block is held back until more data shows it is not the last.
+        assert_eq!(gz.pool.workers.len(), 0);
+        gz.write_all(&data[BLOCK_SIZE..]).unwrap();
+        assert_eq!(gz.pool.workers.len(), 1, "one block handed off, one worker");
+        assert_eq!(gunzip(&gz.finish().unwrap()), data);
     }
 
     #[test]

@@ -20,7 +20,8 @@ const OUT_BUFFER: usize = 256 * 1024;
 /// Tuning knobs that never affect the output bytes.
 #[derive(Debug, Clone)]
 pub struct PackOptions {
-    /// Compression threads; clamped to `1..=`[`gzip::MAX_THREADS`]. 1 compresses inline.
+    /// Deflate worker threads beside the caller's (which reads and checksums); clamped to
+    /// `1..=`[`gzip::MAX_THREADS`]. Archives of one 256 KiB block start none.
     pub threads: usize,
 }
 
