@@ -200,22 +200,20 @@ impl SourceTree {
                     format!("file name {:?} in '{}' is not valid UTF-8", name, join(shown, "")),
                 ));
             };
-            names.push((name.to_owned(), entry.file_type()?));
+            // Everything but a symlink is stat'ed through the open directory (`fstatat` on its handle), not
+            // by a path resolved again from the root: one syscall per entry instead of three.
+            let md = if entry.file_type()?.is_symlink() {
+                None
+            } else {
+                Some(entry.metadata()?)
+            };
+            names.push((name.to_owned(), md));
         }
         names.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        for (name, ft) in names {
+        for (name, md) in names {
             let child_real = join(real, &name);
             let child_shown = join(shown, &name);
-            let resolved = if ft.is_symlink() {
-                match self.resolve(&child_real)? {
-                    Ok(r) => r,
-                    Err(why) => {
-                        warnings.push(skip_message(&self.alias, &child_shown, why));
-                        continue;
-                    }
-                }
-            } else {
-                let md = self.root.symlink_metadata(&child_real)?;
+            let resolved = if let Some(md) = md {
                 match classify(&md) {
                     Some((kind, size, executable)) => Resolved {
                         real: child_real,
@@ -225,6 +223,14 @@ impl SourceTree {
                     },
                     None => {
                         warnings.push(skip_message(&self.alias, &child_shown, Unusable::Special));
+                        continue;
+                    }
+                }
+            } else {
+                match self.resolve(&child_real)? {
+                    Ok(r) => r,
+                    Err(why) => {
+                        warnings.push(skip_message(&self.alias, &child_shown, why));
                         continue;
                     }
                 }
