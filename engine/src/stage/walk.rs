@@ -4,6 +4,7 @@
 //! path; absolute, escaping, dangling and cyclic links are skipped with a warning. Resolution is
 //! lexical over the link contents and every hop is re-checked, so nothing outside the root is read.
 
+use std::collections::HashSet;
 use std::io;
 use std::sync::Arc;
 
@@ -14,23 +15,30 @@ use super::tree::Content;
 /// Symlink hops allowed while resolving one path (as Linux' MAXSYMLINKS).
 const MAX_HOPS: usize = 40;
 
-/// Warnings collected during a build (printed by the CLI as `warning: …`, logged by the controller).
+/// Warnings collected during a build (printed by the CLI as `warning: …`, logged by the controller), each
+/// once, in first-seen order.
 #[derive(Debug, Default, Clone)]
-pub struct Warnings(Vec<String>);
+pub struct Warnings {
+    list: Vec<String>,
+    /// Deduplication in constant time: a source tarball may hold up to `max_entries` (100,000 by default)
+    /// skipped links, and a scan of the list per warning would make that quadratic.
+    seen: HashSet<String>,
+}
 
 impl Warnings {
     pub fn push(&mut self, msg: String) {
-        if !self.0.contains(&msg) {
-            self.0.push(msg);
+        if !self.seen.contains(&msg) {
+            self.seen.insert(msg.clone());
+            self.list.push(msg);
         }
     }
 
     pub fn into_vec(self) -> Vec<String> {
-        self.0
+        self.list
     }
 
     pub fn as_slice(&self) -> &[String] {
-        &self.0
+        &self.list
     }
 }
 
@@ -276,5 +284,33 @@ pub fn skip_message(alias: &str, path: &str, why: Unusable) -> String {
     match why {
         Unusable::Special => format!("skipping '{path}' in source '{alias}': {reason}"),
         _ => format!("skipping symlink '{path}' in source '{alias}': {reason}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_keep_first_seen_order_once_each() {
+        let mut w = Warnings::default();
+        for msg in ["b", "a", "b", "c", "a"] {
+            w.push(msg.to_owned());
+        }
+        assert_eq!(w.as_slice(), ["b", "a", "c"]);
+        // As many as a tarball at the default entry limit can produce, each repeated once.
+        let mut w = Warnings::default();
+        for round in 0..2 {
+            for i in 0..100_000 {
+                w.push(skip_message("repo", &format!("links/l{i}"), Unusable::Escapes));
+            }
+            assert_eq!(w.as_slice().len(), 100_000, "round {round}");
+        }
+        let all = w.into_vec();
+        assert_eq!(
+            all[0],
+            "skipping symlink 'links/l0' in source 'repo': target escapes the source root"
+        );
+        assert!(all[99_999].contains("'links/l99999'"));
     }
 }
