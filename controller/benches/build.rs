@@ -25,7 +25,7 @@
 //! - compose: `artgen_engine::build` of a generator copying `@repo/**` to `@artifact/` from a directory
 //!   source (`BuildOptions.pack.threads` = 1 and 2), plus `BuildOutput::write_to` (a rename); baseline
 //!   `tar -cf - -C TREE . | gzip -6 > FILE` and the same with `pigz -6 -p2`.
-//! - deflate (for information: the ceiling of compose on one thread): the pinned encoder alone
+//! - deflate (for information: the floor of the 1-thread compose ratio): the pinned encoder alone
 //!   (`pack::gzip::GzEncoder`, one worker, output discarded) reading a tar file of the tree, vs
 //!   `gzip -6 < FILE > /dev/null`; for variant b also each large file on its own. Building the tar file is
 //!   not timed.
@@ -1303,16 +1303,7 @@ fn bench_compose(
 fn bench_deflate(cfg: &Config, tree: &Tree, work: &Path, rows: &mut Report) -> Result<()> {
     let v = tree.variant.name().to_ascii_uppercase();
     let tar = work.join(format!("deflate-{}.tar", tree.variant.name()));
-    let status = Command::new("tar")
-        .arg("--sort=name")
-        .arg("-cf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(&tree.root)
-        .arg(".")
-        .status()
-        .context("running tar")?;
-    ensure!(status.success(), "tar -cf {} failed: {status}", tar.display());
+    pipeline(vec![tar_create(&tree.root)], Some(&tar))?;
     let mut inputs = vec![(format!("{v} deflate only, tree as tar"), tar.clone())];
     if tree.variant == Variant::B {
         for (what, rel) in LARGE_FILES {
@@ -1332,8 +1323,7 @@ fn bench_deflate(cfg: &Config, tree: &Tree, work: &Path, rows: &mut Report) -> R
             }),
             contender("gzip -6 < FILE", || {
                 let started = Instant::now();
-                let status = Command::new("gzip")
-                    .arg("-6")
+                let status = compressor(false)
                     .stdin(File::open(&file)?)
                     .stdout(Stdio::null())
                     .status()?;

@@ -198,7 +198,7 @@ impl SourceTree {
         } else {
             self.root.read_dir(real)?
         };
-        let mut names = Vec::new();
+        let mut children = Vec::new();
         for entry in entries {
             let entry = entry?;
             let name = entry.file_name();
@@ -215,10 +215,10 @@ impl SourceTree {
             } else {
                 Some(entry.metadata()?)
             };
-            names.push((name.to_owned(), md));
+            children.push((name.to_owned(), md));
         }
-        names.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        for (name, md) in names {
+        children.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        for (name, md) in children {
             let child_real = join(real, &name);
             let child_shown = join(shown, &name);
             let resolved = if let Some(md) = md {
