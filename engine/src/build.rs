@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -172,7 +172,7 @@ async fn fetch_source(
     input: &SourceInput,
     tmp: &Path,
     opts: &BuildOptions,
-    client: &reqwest::Client,
+    client: &OnceLock<reqwest::Client>,
 ) -> Result<Fetched> {
     let source_err = |source| Error::Source {
         alias: alias.to_owned(),
@@ -212,7 +212,7 @@ async fn fetch_source(
         SourceInput::Url(url) => {
             let (url, pin) = fetch::split_pin(url).map_err(source_err)?;
             let (unpacked, dir) = fetch::http::fetch(
-                client,
+                client.get_or_init(fetch::http::client),
                 url,
                 pin,
                 tmp,
@@ -264,7 +264,9 @@ pub async fn build(input: BuildInput) -> Result<BuildOutput> {
     }
     .map_err(|e| Error::io("creating build directory", e))?;
 
-    let client = fetch::http::client();
+    // Built on first use: loading the system's CA certificates costs ~10 ms, wasted on a build whose
+    // sources are all local (every controller build: it hands the engine its cached directories).
+    let client = OnceLock::new();
     let fetch_started = Instant::now();
     let referenced = referenced_aliases(&spec);
     let mut fetched = BTreeMap::new();
