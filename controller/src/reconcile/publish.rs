@@ -38,6 +38,20 @@ pub fn source_ref(generator: &ArtifactGenerator) -> SourceRef {
     }
 }
 
+/// Build warnings logged one by one per build. A source tarball may hold 100,000 entries by default (spec §4), each
+/// an escaping symlink, and one tenant's tree must not flood the controller's log on every rebuild.
+const LOGGED_WARNINGS: usize = 20;
+
+/// The first [`LOGGED_WARNINGS`] warnings of a build, then one line with the count of the rest.
+fn log_warnings(generator: &str, warnings: &[String]) {
+    for w in warnings.iter().take(LOGGED_WARNINGS) {
+        tracing::warn!(generator, warning = %w, "build warning");
+    }
+    if let Some(more) = warnings.len().checked_sub(LOGGED_WARNINGS).filter(|&n| n > 0) {
+        tracing::warn!(generator, more, "{more} more build warnings not logged");
+    }
+}
+
 fn transient(message: String) -> Error {
     Error::failed(ErrorKind::Transient, RECONCILIATION_FAILED, message)
 }
@@ -163,9 +177,7 @@ impl Reconciler<'_> {
         }
         self.ctx.metrics.observe_stage("stage", output.timings.stage);
         self.ctx.metrics.observe_stage("pack", output.timings.pack);
-        for w in &output.warnings {
-            tracing::warn!(generator = %super::key(self.generator), warning = %w, "build warning");
-        }
+        log_warnings(&super::key(self.generator), &output.warnings);
         if !static_names {
             self.check_ownership(output.artifacts.iter().map(|a| a.name.as_str()))?;
         }
@@ -601,5 +613,59 @@ fn transform_status(
                 line: d.line,
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::{Arc, Mutex};
+
+    use super::{LOGGED_WARNINGS, log_warnings};
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged(warnings: &[String]) -> Vec<String> {
+        let out = Captured::default();
+        let writer = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || log_warnings("ns/gen", warnings));
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn warnings_beyond_the_cap_are_counted_not_logged() {
+        let warnings: Vec<String> = (0..100_000).map(|i| format!("skipping symlink 'l{i}'")).collect();
+        let lines = logged(&warnings);
+        assert_eq!(lines.len(), LOGGED_WARNINGS + 1, "{lines:#?}");
+        assert!(lines[0].contains("skipping symlink 'l0'") && lines[0].contains("ns/gen"));
+        let last_logged = format!("skipping symlink 'l{}'", LOGGED_WARNINGS - 1);
+        assert!(lines[LOGGED_WARNINGS - 1].contains(&last_logged));
+        let rest = 100_000 - LOGGED_WARNINGS;
+        assert!(lines[LOGGED_WARNINGS].contains(&format!("{rest} more build warnings not logged")));
+    }
+
+    #[test]
+    fn warnings_up_to_the_cap_are_all_logged_without_a_summary() {
+        let warnings: Vec<String> = (0..LOGGED_WARNINGS).map(|i| format!("w{i}")).collect();
+        let lines = logged(&warnings);
+        assert_eq!(lines.len(), LOGGED_WARNINGS);
+        assert!(lines.iter().all(|l| !l.contains("not logged")));
+        assert!(logged(&[]).is_empty());
     }
 }
