@@ -27,8 +27,10 @@
 //!   `tar -cf - -C TREE . | gzip -6 > FILE` and the same with `pigz -6 -p2`.
 //! - deflate (for information: the floor of the 1-thread compose ratio): the pinned encoder alone
 //!   (`pack::gzip::GzEncoder`, one worker, output discarded) reading a tar file of the tree, vs
-//!   `gzip -6 < FILE > /dev/null`; for variant b also each large file on its own. Building the tar file is
-//!   not timed.
+//!   `gzip -6 < FILE > /dev/null`; for variant b also each large file on its own. For the tree's tar file
+//!   also the same zlib-rs at the same level as one plain stream, without format v1's blocks and their
+//!   dictionaries, CRC-32 or framing: the encoder's own speed, what the block scheme costs on top of it.
+//!   Building the tar file is not timed.
 //! - decompose: a `pathPattern: "@repo/apps/{app}"` generator, 5 artifacts, 2 threads; baselines: the same
 //!   pipelines over the 5 `apps/<app>` subtrees, one after the other.
 //! - fetch+verify+extract: the `tar | gzip -6` tarball of the tree served by `SourceServer` on loopback;
@@ -48,7 +50,7 @@ use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::fs::{self, File};
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -57,9 +59,10 @@ use anyhow::{Context as _, Result, bail, ensure};
 use artgen_e2e::archive::sha256_hex;
 use artgen_e2e::source_server::SourceServer;
 use artgen_engine::fetch::{self, ExtractMode, HttpOptions, Limits};
-use artgen_engine::pack::gzip::GzEncoder;
+use artgen_engine::pack::gzip::{self, GzEncoder};
 use artgen_engine::spec::{Manifest, parse_manifest};
 use artgen_engine::{BuildInput, BuildOptions, SourceInput};
+use flate2::{Compress, Compression, FlushCompress, Status};
 
 const BIN: &str = env!("CARGO_BIN_EXE_artgen");
 
@@ -1310,9 +1313,9 @@ fn bench_deflate(cfg: &Config, tree: &Tree, work: &Path, rows: &mut Report) -> R
             inputs.push((format!("{v} deflate only, {what}"), tree.root.join(rel)));
         }
     }
-    for (metric, file) in inputs {
+    for (i, (metric, file)) in inputs.into_iter().enumerate() {
         let bytes = fs::metadata(&file)?.len();
-        let mut contenders = [
+        let mut contenders = vec![
             contender("pinned deflate, 1 worker", || {
                 let started = Instant::now();
                 let mut input = File::open(&file)?;
@@ -1331,11 +1334,55 @@ fn bench_deflate(cfg: &Config, tree: &Tree, work: &Path, rows: &mut Report) -> R
                 Ok(started.elapsed())
             }),
         ];
+        let whole_tree = i == 0;
+        if whole_tree {
+            contenders.push(contender("zlib-rs level 6, one plain stream", || {
+                let started = Instant::now();
+                deflate_one_stream(&file)?;
+                Ok(started.elapsed())
+            }));
+        }
         let s = measure(&metric, cfg.runs, bytes, work, &mut contenders)?;
         rows.time(format!("{metric}, 1 thread vs gzip -6"), s[0], s[1], None);
+        if whole_tree {
+            rows.time(
+                format!("{metric}, zlib-rs one plain stream vs gzip -6"),
+                s[2],
+                s[1],
+                None,
+            );
+        }
     }
     fs::remove_file(&tar)?;
     Ok(())
+}
+
+/// `file` as one raw deflate stream by the pinned zlib-rs at format v1's level, output discarded.
+fn deflate_one_stream(file: &Path) -> Result<()> {
+    let mut input = File::open(file)?;
+    let mut c = Compress::new(Compression::new(gzip::LEVEL), false);
+    let mut buf = vec![0; 1 << 20];
+    let mut out = Vec::with_capacity(1 << 20);
+    loop {
+        let n = input.read(&mut buf)?;
+        let flush = if n == 0 {
+            FlushCompress::Finish
+        } else {
+            FlushCompress::None
+        };
+        let mut rest = &buf[..n];
+        loop {
+            out.clear();
+            let before = c.total_in();
+            let status = c.compress_vec(rest, &mut out, flush)?;
+            rest = &rest[usize::try_from(c.total_in() - before)?..];
+            match flush {
+                FlushCompress::Finish if status == Status::StreamEnd => return Ok(()),
+                FlushCompress::None if rest.is_empty() => break,
+                _ => {}
+            }
+        }
+    }
 }
 
 fn bench_decompose(
