@@ -6,7 +6,7 @@
 use std::io::{BufRead as _, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use artgen::crd::{ArtifactGenerator, ExternalArtifact};
 use artgen_e2e::control_plane::{ControlPlane, flux_source_crds};
@@ -205,18 +205,12 @@ impl Running {
     /// SIGTERM, then wait for a clean exit.
     fn stop(mut self) -> Result {
         send_sigterm(self.child.id())?;
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                assert!(status.success(), "controller exited with {status} after SIGTERM");
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                return Err("controller did not exit within 60s of SIGTERM".into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let Some(status) = artgen_e2e::wait::exit(&mut self.child, WAIT)? else {
+            let _ = self.child.kill();
+            return Err("controller did not exit within 60s of SIGTERM".into());
+        };
+        assert!(status.success(), "controller exited with {status} after SIGTERM");
+        Ok(())
     }
 }
 

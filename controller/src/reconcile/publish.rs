@@ -47,7 +47,8 @@ fn log_warnings(generator: &str, warnings: &[String]) {
     for w in warnings.iter().take(LOGGED_WARNINGS) {
         tracing::warn!(generator, warning = %w, "build warning");
     }
-    if let Some(more) = warnings.len().checked_sub(LOGGED_WARNINGS).filter(|&n| n > 0) {
+    let more = warnings.len().saturating_sub(LOGGED_WARNINGS);
+    if more > 0 {
         tracing::warn!(generator, more, "{more} more build warnings not logged");
     }
 }

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, mpsc};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustix::process::{Pid, Signal};
 
@@ -214,14 +214,8 @@ impl Process {
         if child.try_wait().ok().flatten().is_none() {
             let pid = Pid::from_raw(i32::try_from(child.id()).unwrap_or(i32::MAX));
             let terminated = pid.is_some_and(|pid| rustix::process::kill_process(pid, Signal::TERM).is_ok());
-            let deadline = Instant::now() + STOP_GRACE;
-            while terminated && Instant::now() < deadline {
-                if child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                thread::sleep(Duration::from_millis(50));
-            }
-            if child.try_wait().ok().flatten().is_none() {
+            let exited = terminated && crate::wait::exit(child, STOP_GRACE).ok().flatten().is_some();
+            if !exited {
                 let _ = child.kill();
             }
         }
